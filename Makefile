@@ -1,0 +1,42 @@
+# vgssl — the two commands of the quick start are `make demo` and `make test`; both install
+# what they need first (`make setup`, idempotent: a stamp file skips work when nothing changed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vgssl-setup
+# Every ROS process we start stays on this machine and in its own domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_localhost.xml
+ROS_SOURCES := $(shell find vgssl_msgs vgssl_ros -type f \( -name '*.msg' -o -name '*.srv' -o -name 'CMakeLists.txt' -o -name 'package.xml' -o -name 'setup.py' -o -name 'setup.cfg' \) 2>/dev/null)
+
+.PHONY: setup demo test test-core test-ros bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-ros.txt vgssl_core/pyproject.toml $(ROS_SOURCES) $(wildcard tools/ros_setup.sh)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	set -o pipefail; $(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
+	set -o pipefail; $(PY) -m pip install -q --no-deps -e vgssl_core 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@if [ -f tools/ros_setup.sh ]; then bash tools/ros_setup.sh $(VENV); fi
+	@touch $(STAMP)
+	@echo "setup: $(VENV) is ready"
+
+demo: setup
+	$(VENV)/bin/vgssl demo --out runs/demo
+
+test: setup
+	$(VENV)/bin/pytest -q tests
+
+test-core: setup
+	$(VENV)/bin/pytest -q tests/core
+
+test-ros: setup
+	$(VENV)/bin/pytest -q tests/ros
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build install log runs .pytest_cache

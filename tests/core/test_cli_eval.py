@@ -1,0 +1,47 @@
+"""The `vgssl synth` / `vgssl eval` contract that outside checks rely on."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def test_eval_json_and_descriptors_reproduce_recall(tiny_world, tmp_path):
+    out, npz = tmp_path / "r.json", tmp_path / "d.npz"
+    assert run_cli("eval", "--data", tiny_world, "--json", out, "--save-descriptors", npz, "--quiet",
+                   "--plots", tmp_path / "p_") == 0
+    report = json.loads(out.read_text())
+    assert set(report["recall"]) == {"1", "5", "10", "20"}
+    assert report["n_queries"] == 30 and report["n_database"] == 60 and report["threshold_m"] == 25.0
+    d = np.load(npz, allow_pickle=False)
+    # brute force: rank by L2 distance on the saved descriptors, correct if within 25 m
+    dist = ((d["q_desc"][:, None] - d["db_desc"][None]) ** 2).sum(-1)
+    order = np.argsort(dist, axis=1)
+    geo = np.linalg.norm(d["q_utm"][:, None] - d["db_utm"][None], axis=-1) <= 25.0
+    hits = np.take_along_axis(geo, order, axis=1)
+    for n in (1, 5, 10, 20):
+        assert report["recall"][str(n)] == pytest.approx(100 * hits[:, :n].any(axis=1).mean())
+    assert (tmp_path / "p_recall_vs_n.png").stat().st_size > 0
+    assert (tmp_path / "p_recall_vs_threshold.png").stat().st_size > 0
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert run_cli("eval", "--data", tmp_path / "nowhere") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a dataset folder" in err
+    assert run_cli("eval", "--data", tmp_path, "--ckpt", tmp_path / "missing.ckpt") == 2
+
+
+def test_eval_rejects_a_foreign_checkpoint(tiny_world, tmp_path, capsys):
+    import torch
+
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    assert run_cli("eval", "--data", tiny_world, "--ckpt", foreign, "--quiet") == 2
+    assert "not a vgssl checkpoint" in capsys.readouterr().err
+    truncated = tmp_path / "half.ckpt"
+    truncated.write_bytes(foreign.read_bytes()[:40])
+    assert run_cli("eval", "--data", tiny_world, "--ckpt", truncated, "--quiet") == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err

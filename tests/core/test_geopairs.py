@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+from conftest import make_dataset
+from vgssl_core.dataset import load_split
+from vgssl_core.errors import VgsslError
+from vgssl_core.geopairs import DB_NEGATIVE, QUERY, EpochBatches, GeoPairConfig, GeoPairSampler
+
+
+@pytest.fixture
+def grid_split(tmp_path):
+    """Two streets: a 400 m one covered by queries, a 400 m one with database only."""
+    db = [(x, 0.0) for x in range(0, 400, 4)] + [(x, 500.0) for x in range(0, 400, 8)]
+    q = [(x + 1.5, 2.0) for x in range(0, 400, 7)] + [(5000.0, 5000.0)]  # last one has no positive
+    return load_split(make_dataset(tmp_path / "w", db, q, split="train"), "train")
+
+
+def test_queries_without_positive_are_left_out(grid_split):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig())
+    assert sampler.n_queries_without_positive == 1
+    assert len(grid_split.queries) - 1 not in set(sampler.usable_queries)
+
+
+def test_every_query_pair_is_within_train_radius(grid_split):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(train_radius_m=10.0))
+    for p in sampler.pairs(0):
+        if p.kind == QUERY:
+            d = np.linalg.norm(grid_split.queries.utm[p.a] - grid_split.database.utm[p.b])
+            assert d <= 10.0
+
+
+@pytest.mark.parametrize("r", [0.0, 0.25, 0.5, 1.0])
+def test_database_negative_ratio(grid_split, r):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(db_negative_ratio=r, queries_per_epoch=40))
+    pairs = sampler.pairs(3)
+    n_q = sum(p.kind == QUERY for p in pairs)
+    negatives = [p for p in pairs if p.kind == DB_NEGATIVE]
+    assert n_q == 40 and len(negatives) == round(r * 40)
+    q_utm = grid_split.queries.utm
+    for p in negatives:
+        assert p.a == p.b
+        assert np.min(np.linalg.norm(q_utm - grid_split.database.utm[p.a], axis=1)) > 25.0
+
+
+def test_place_aware_batches_never_hold_neighbours(grid_split):
+    cfg = GeoPairConfig(batch_size=8, db_negative_ratio=0.5)
+    sampler = GeoPairSampler(grid_split, cfg)
+    batches = sampler.batches(0)
+    assert batches and max(len(b) for b in batches) <= 8
+    for batch in batches:
+        a, b = sampler.pair_positions(batch)
+        for i in range(len(batch)):
+            for j in range(i + 1, len(batch)):
+                points_i, points_j = np.stack([a[i], b[i]]), np.stack([a[j], b[j]])
+                d = np.linalg.norm(points_i[:, None] - points_j[None], axis=-1)
+                assert d.min() > cfg.eval_radius_m
+    # nearly every pair is used: place-awareness reorders, it does not throw data away
+    assert sum(len(b) for b in batches) >= 0.95 * len(sampler.pairs(0))
+
+
+def test_sampling_is_deterministic_for_a_seed(grid_split):
+    plan = lambda seed, epoch: [(p.kind, p.a, p.b, p.seed) for b in GeoPairSampler(grid_split, GeoPairConfig(seed=seed)).batches(epoch) for p in b]
+    assert plan(1, 0) == plan(1, 0)
+    assert plan(1, 0) != plan(1, 1)
+    assert plan(1, 0) != plan(2, 0)
+
+
+def test_ranks_get_disjoint_equal_shards(grid_split):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(batch_size=4))
+    shards = [sampler.shard(0, rank, 3) for rank in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    seen = [(p.kind, p.a) for s in shards for b in s for p in b]
+    assert len(seen) == len(set(seen))
+    batches = EpochBatches(sampler, rank=1, world_size=3)
+    batches.set_epoch(0)
+    assert [[(p.kind, p.a) for p in b] for b in batches] == [[(p.kind, p.a) for p in b] for b in shards[1]]
+
+
+def test_feature_nearest_picks_most_similar_positive(grid_split):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest"))
+    rng = np.random.default_rng(0)
+    q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
+    db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
+    sampler.set_descriptors(q_desc, db_desc)
+    for p in sampler.pairs(0):
+        if p.kind == QUERY:
+            cands = sampler.positives[p.a]
+            assert p.b == cands[np.argmax(db_desc[cands] @ q_desc[p.a])]
+
+
+def test_bad_config_is_a_clear_error(grid_split):
+    with pytest.raises(VgsslError, match="positive choice 'hardest'"):
+        GeoPairConfig(positive="hardest")
+    with pytest.raises(VgsslError, match="db_negative_ratio"):
+        GeoPairConfig(db_negative_ratio=-1)
+
+
+def test_split_with_no_usable_query(tmp_path):
+    split = load_split(make_dataset(tmp_path / "far", [(0, 0)], [(1000, 1000)], split="train"), "train")
+    with pytest.raises(VgsslError, match="no query has a database image within"):
+        GeoPairSampler(split, GeoPairConfig())

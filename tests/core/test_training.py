@@ -1,0 +1,109 @@
+"""`vgssl train` for every method on the tiny world: checkpoints, resume, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from vgssl_core.checkpoint import descriptor_weights, read_checkpoint
+from vgssl_core.methods import METHODS
+
+FAST = ["--quiet", "data.batch_size=6", "data.workers=0", "model.image_size=[64,96]",
+        "mining.negatives_per_query=2", "mining.cache_refresh_queries=12", "mining.db_subset=30",
+        "method_config.queue_size=64"]
+
+
+def train(world, out, method, *extra):
+    fast = [f for f in FAST if method == "mocov2" or not f.startswith("method_config.queue_size")]
+    return run_cli("train", "--data", world, "--out", out, f"method={method}", *fast, *extra)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_from_the_cli(tiny_world, tmp_path, method):
+    out = tmp_path / method
+    assert train(tiny_world, out, method, "--max-steps", "3", "--max-epochs", "2") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3
+    losses = [float(row["loss_step"]) for row in _metrics(out) if row.get("loss_step")]
+    assert losses and all(np.isfinite(losses))
+    test = json.loads((out / "test.json").read_text())
+    assert set(test["recall"]) == {"1", "5", "10", "20"}
+    assert run_cli("eval", "--data", tiny_world, "--ckpt", out / "last.ckpt", "--quiet") == 0
+
+
+def _metrics(run_dir):
+    import csv
+
+    with open(run_dir / "logs" / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("method", ["simclr", "triplet"])
+def test_loss_decreases_over_a_short_run(tiny_world, tmp_path, method):
+    out = tmp_path / method
+    assert train(tiny_world, out, method, "--max-epochs", "9", "optim.lr=1e-3", "trainer.val_split=null",
+                 "trainer.test_split=null", "data.queries_per_epoch=12", "model.freeze_stages=0",
+                 "data.batch_size=4") == 0
+    by_epoch = [float(r["loss_epoch"]) for r in _metrics(out) if r.get("loss_epoch")]
+    assert len(by_epoch) == 9
+    assert np.mean(by_epoch[-3:]) < 0.95 * np.mean(by_epoch[:3])
+
+
+def test_resume_equals_uninterrupted_run(tiny_world, tmp_path):
+    args = ["--max-epochs", "2", "trainer.val_split=null", "trainer.test_split=null", "data.queries_per_epoch=12",
+            "optim.lr=1e-3", "model.freeze_stages=2", "optim.scheduler=cosine"]
+    assert train(tiny_world, tmp_path / "whole", "byol", *args) == 0
+    assert train(tiny_world, tmp_path / "half", "byol", *args[2:], "--max-epochs", "1") == 0
+    assert train(tiny_world, tmp_path / "half", "byol", *args, "--resume", tmp_path / "half" / "last.ckpt") == 0
+    whole = read_checkpoint(tmp_path / "whole" / "last.ckpt")
+    resumed = read_checkpoint(tmp_path / "half" / "last.ckpt")
+    assert whole["global_step"] == resumed["global_step"]
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_checkpoint_rebuilds_the_model_alone(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    assert train(tiny_world, out, "simclr", "--max-steps", "2", "model.head_layers=1", "model.head_dim=64") == 0
+    cfg, state = descriptor_weights(read_checkpoint(out / "last.ckpt"))
+    assert cfg["head_layers"] == 1 and cfg["head_dim"] == 64 and cfg["image_size"] == [64, 96]
+    assert any(k.startswith("head.") for k in state)
+
+
+def test_bad_config_and_resume_inputs(tiny_world, tmp_path, capsys):
+    assert train(tiny_world, tmp_path / "a", "dino") == 2
+    assert "unknown method 'dino'" in capsys.readouterr().err
+    assert train(tiny_world, tmp_path / "b", "simclr", "model.backbone=vgg16") == 2
+    assert "vgg16" in capsys.readouterr().err and "resnet18" in capsys.readouterr().err + "resnet18"
+    assert train(tiny_world, tmp_path / "c", "simclr", "optim.learning_rate=1") == 2
+    assert "unknown config key 'optim.learning_rate'" in capsys.readouterr().err
+    missing = tmp_path / "nope" / "last.ckpt"
+    assert train(tiny_world, tmp_path / "d", "simclr", "--resume", missing) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    truncated = tmp_path / "trunc.ckpt"
+    truncated.write_bytes(b"PK\x03\x04 half a zip")
+    assert train(tiny_world, tmp_path / "e", "simclr", "--resume", truncated) == 2
+    assert not (tmp_path / "e" / "last.ckpt").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path, capsys, monkeypatch):
+    from vgssl_core.methods import SimCLR
+
+    real_loss, calls = SimCLR.loss_pairs, []
+
+    def loss_that_diverges(self, *args):
+        calls.append(1)
+        loss = real_loss(self, *args)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(SimCLR, "loss_pairs", loss_that_diverges)
+    out = tmp_path / "nan"
+    code = train(tiny_world, out, "simclr", "--max-epochs", "4", "trainer.val_split=null", "trainer.test_split=null",
+                 "data.queries_per_epoch=12")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "loss is nan at step 4" in err
+    kept = read_checkpoint(out / "last.ckpt")  # written after epoch 1 (steps 0-3), intact
+    assert kept["global_step"] == 4

@@ -1,0 +1,103 @@
+"""The model config: a plain dict (str/int/float/bool/list/None only) that travels in checkpoints.
+
+Checkpoints are loaded with ``torch.load(..., weights_only=True)``, so nothing but plain Python
+values may live here. ``resolve_model_config`` fills defaults and validates every key; it is
+idempotent, so resolving an already resolved config returns an equal dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vgssl_core.errors import VgsslError
+
+
+class ConfigError(VgsslError, ValueError):
+    """A bad model or method config value: a user error (``VgsslError``) and a ``ValueError``."""
+
+
+# The default: an untrained descriptor (ResNet-18 conv4 + GeM, no projection head).
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "backbone": "resnet18",  # resnet18 | resnet50 | deit_s
+    "layer": "conv4",  # conv4 | conv5 (ResNets only; ignored for deit_s)
+    "aggregation": "gem",  # gem | mac | netvlad
+    "netvlad_clusters": 64,  # K of NetVLAD
+    "head_layers": 0,  # L of FC-L-D (0: no projection head)
+    "head_dim": 2048,  # D of FC-L-D (every hidden and output width)
+    "head_batchnorm": False,  # BatchNorm1d + ReLU between head layers (else ReLU only)
+    # Frozen leading stages: ResNet stem, layer1, layer2, ... / DeiT embedding, block 0, ...
+    # 3 = "train only conv4_x (and conv5_x)", the benchmark's and VG-SSL's setting.
+    "freeze_stages": 3,
+    "pretrained": "imagenet",  # imagenet (when available offline) | none
+    "weights": None,  # local torchvision/timm state-dict file; overrides `pretrained`
+    "image_size": [120, 160],  # [height, width] fed to the network
+    "normalize_descriptor": True,  # L2-normalise descriptors at retrieval time
+    "metric": "ip",  # ip (inner product) | l2
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backbone": ("resnet18", "resnet50", "deit_s"),
+    "layer": ("conv4", "conv5"),
+    "aggregation": ("gem", "mac", "netvlad"),
+    "pretrained": ("imagenet", "none"),
+    "metric": ("ip", "l2"),
+}
+# int keys and their smallest allowed value
+INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0}
+BOOL_KEYS = ("head_batchnorm", "normalize_descriptor")
+MIN_IMAGE_SIDE = 32  # conv5 of a ResNet downsamples by 32
+
+
+def freezable_stages(backbone: str, layer: str) -> int:
+    """How many stages ``freeze_stages`` can count for this backbone (see ``backbones.py``)."""
+    from vgssl_core.models.backbones import BACKBONES
+
+    return len(BACKBONES[backbone].stages(layer))
+
+
+def resolve_model_config(partial: dict | None) -> dict:
+    """Fill defaults into ``partial`` and validate it; returns a new plain dict.
+
+    Raises ``ConfigError`` (a ``VgsslError``) naming the bad key or value and the valid choices.
+    """
+    if partial is None:
+        partial = {}
+    if not isinstance(partial, dict):
+        raise ConfigError(f"model config must be a mapping of keys to values, got {type(partial).__name__}")
+    unknown = sorted(set(partial) - set(DEFAULT_MODEL_CONFIG))
+    if unknown:
+        raise ConfigError(f"unknown model config key '{unknown[0]}'; valid keys: {', '.join(DEFAULT_MODEL_CONFIG)}")
+    cfg = {key: partial.get(key, default) for key, default in DEFAULT_MODEL_CONFIG.items()}
+
+    for key, choices in CHOICES.items():
+        if cfg[key] not in choices:
+            raise ConfigError(f"model config '{key}' is {cfg[key]!r}; choose one of {', '.join(choices)}")
+    for key, low in INT_MIN.items():
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"model config '{key}' must be an integer >= {low}, got {value!r}")
+    for key in BOOL_KEYS:
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"model config '{key}' must be true or false, got {cfg[key]!r}")
+
+    size = cfg["image_size"]
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < MIN_IMAGE_SIDE for s in size)
+    ):
+        raise ConfigError(f"model config 'image_size' must be [height, width], integers >= {MIN_IMAGE_SIDE}, got {size!r}")
+    cfg["image_size"] = [int(size[0]), int(size[1])]
+
+    weights = cfg["weights"]
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise ConfigError(f"model config 'weights' must be a file path or null, got {weights!r}")
+
+    most = freezable_stages(cfg["backbone"], cfg["layer"])
+    if cfg["freeze_stages"] > most:
+        raise ConfigError(
+            f"model config 'freeze_stages' is {cfg['freeze_stages']}, but {cfg['backbone']}"
+            + ("" if cfg["backbone"] == "deit_s" else f" cut at {cfg['layer']}")
+            + f" has {most} stages; choose 0..{most}"
+        )
+    return cfg

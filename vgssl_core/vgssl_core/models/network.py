@@ -1,0 +1,89 @@
+"""The descriptor network: backbone -> aggregation -> projection head.
+
+The projected embedding is the place descriptor (VG-SSL uses no fine-tuning stage).
+
+Examples:
+    >>> model = build_model({"backbone": "resnet18", "aggregation": "gem", "head_layers": 1, "head_dim": 512})
+    >>> descriptors = model(images)  # [B, 512], unnormalised
+    >>> for_search = model.retrieval_descriptor(images)  # L2-normalised if the config says so
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vgssl_core.errors import VgsslError
+from vgssl_core.models.aggregation import NetVLAD, build_aggregation
+from vgssl_core.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from vgssl_core.models.config import resolve_model_config
+from vgssl_core.models.heads import build_projection_head
+from vgssl_core.models.weights import initialise
+
+
+class DescriptorModel(nn.Module):
+    """``backbone -> aggregation -> head``; ``forward(images [B, 3, H, W]) -> [B, descriptor_dim]``.
+
+    Attributes:
+        config: the resolved plain model config (store it in checkpoints).
+        descriptor_dim: D of the output (head width, or the aggregation's size without a head).
+        feature_dim: channels C of the backbone's feature map.
+        init_note: one line saying which initial weights were used.
+        preprocess: how input images must be normalised: ``{"mean", "std", "image_size"}``.
+    """
+
+    def __init__(self, backbone: nn.Module, aggregation: nn.Module, head: nn.Module, config: dict,
+                 descriptor_dim: int, feature_dim: int, init_note: str = ""):
+        super().__init__()
+        self.backbone, self.aggregation, self.head = backbone, aggregation, head
+        self.config = copy.deepcopy(config)
+        self.descriptor_dim, self.feature_dim = descriptor_dim, feature_dim
+        self.init_note = init_note
+        self.preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                           "image_size": list(config["image_size"])}
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone(images)  # [B, C, h, w]
+        return self.head(self.aggregation(features))  # [B, D], unnormalised
+
+    def retrieval_descriptor(self, images: Tensor) -> Tensor:
+        """The descriptor used for search: ``forward``, L2-normalised if ``normalize_descriptor``."""
+        descriptors = self(images)
+        return F.normalize(descriptors, p=2.0, dim=1) if self.config["normalize_descriptor"] else descriptors
+
+    @torch.no_grad()
+    def local_features(self, images: Tensor) -> Tensor:
+        """The backbone's local features [B * h * w, C] (e.g. to initialise NetVLAD)."""
+        maps = self.backbone(images)
+        return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
+
+    @property
+    def netvlad(self) -> NetVLAD | None:
+        return self.aggregation if isinstance(self.aggregation, NetVLAD) else None
+
+    def init_netvlad_from_features(self, features: Tensor) -> None:
+        """k-means initialisation of the NetVLAD layer from local features [N, C].
+
+        Do this before the SSL method makes or syncs its momentum copy: methods copy the
+        network into their momentum encoder at the first step (or on ``sync_momentum()``).
+        """
+        if self.netvlad is None:
+            raise VgsslError(f"NetVLAD initialisation needs aggregation 'netvlad', the model has '{self.config['aggregation']}'")
+        self.netvlad.init_netvlad_from_features(features)
+
+
+def build_model(cfg: dict | None) -> DescriptorModel:
+    """Build the descriptor network of a (partial) model config; see ``resolve_model_config``."""
+    cfg = resolve_model_config(cfg)
+    name, layer = cfg["backbone"], cfg["layer"]
+    network = BACKBONES[name].network()
+    init_note = initialise(network, name, cfg["pretrained"], cfg["weights"])
+    backbone = build_backbone(network, name, layer, cfg["freeze_stages"])
+    channels = BACKBONES[name].channels[layer]
+    aggregation, pooled_dim = build_aggregation(cfg["aggregation"], channels, cfg["netvlad_clusters"])
+    head = build_projection_head(pooled_dim, cfg["head_layers"], cfg["head_dim"], cfg["head_batchnorm"])
+    descriptor_dim = cfg["head_dim"] if cfg["head_layers"] > 0 else pooled_dim
+    return DescriptorModel(backbone, aggregation, head, cfg, descriptor_dim, channels, init_note)

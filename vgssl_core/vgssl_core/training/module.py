@@ -1,0 +1,147 @@
+"""The Lightning module: one training step for every method, data planned per epoch.
+
+An SSL method sees batches of GeoPairs (two views of one place); the triplet baseline sees
+mined triplets. Either way the epoch's plan is made when its data loader is built (Lightning
+reloads it every epoch), from (seed, epoch) alone, so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..checkpoint import FORMAT_VERSION, KEY
+from ..dataset import GeoSplit
+from ..descriptors import extract_descriptors
+from ..errors import VgsslError
+from ..geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
+from ..methods import build_method
+from ..retrieval import prepare
+from .data import GeoPairImages, ListBatches, TripletImages
+from .mining import TripletMiner
+
+MODEL_PREFIX = "method.model."
+
+
+class VgsslModule(pl.LightningModule):
+    def __init__(self, cfg: dict[str, Any], train_split: GeoSplit) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_split = train_split
+        self.method = build_method(cfg["method"], cfg["model"], cfg["method_config"])
+        data = cfg["data"]
+        if self.method.batch_kind == "triplets":
+            self.miner = TripletMiner(train_split, cfg["mining"], data, cfg["trainer"]["seed"])
+            self.sampler = None
+            skipped = self.miner.n_queries_without_positive
+        else:
+            self.sampler = GeoPairSampler(train_split, GeoPairConfig(
+                train_radius_m=data["train_radius_m"], eval_radius_m=data["eval_radius_m"],
+                queries_per_epoch=data["queries_per_epoch"], db_negative_ratio=data["db_negative_ratio"],
+                positive=data["positive"], batch_size=data["batch_size"], seed=cfg["trainer"]["seed"]))
+            skipped = self.sampler.n_queries_without_positive
+        self.n_queries_without_positive = skipped
+        self._tick: float | None = None
+
+    # -- data ---------------------------------------------------------------------------
+    def _describe(self, side: str, indices: np.ndarray) -> np.ndarray:
+        images = self.train_split.queries if side == "queries" else self.train_split.database
+        paths = [images.paths[i] for i in indices]
+        desc = extract_descriptors(self.method.model, paths, self.cfg["model"]["image_size"], self.device,
+                                   batch_size=self.cfg["trainer"]["eval_batch_size"],
+                                   workers=self.cfg["data"]["workers"], progress=False)
+        return prepare(desc, "ip")
+
+    def train_dataloader(self) -> DataLoader:
+        data, epoch = self.cfg["data"], self.current_epoch
+        size = self.cfg["model"]["image_size"]
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if self.sampler is None:
+            triplets = self.miner.triplets(epoch, self._describe)
+            triplets = triplets[rank::world]
+            dataset, batches = TripletImages(self.train_split, size, data["augment"]), ListBatches(triplets, data["batch_size"])
+        else:
+            if data["positive"] == "feature-nearest":
+                q = self._describe("queries", np.arange(len(self.train_split.queries)))
+                self.sampler.set_descriptors(q, self._describe("database", np.arange(len(self.train_split.database))))
+            dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world)
+            batches.set_epoch(epoch)
+        workers = int(data["workers"])
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False,
+                          pin_memory=self.device.type == "cuda")
+
+    # -- training -----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.method.batch_kind == "triplets":
+            query, positive, negatives = batch
+            loss = self.method.loss_triplets(query, positive, negatives)
+            n_images = query.shape[0] * (2 + negatives.shape[1])
+        else:
+            view_a, view_b, places = batch
+            loss = self.method.loss_pairs(view_a, view_b, places)
+            n_images = 2 * view_a.shape[0]
+        if not torch.isfinite(loss):
+            raise VgsslError(f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                             "stopped; the last good checkpoint is kept — lower optim.lr or check the data")
+        now = time.perf_counter()
+        if self._tick is not None:
+            self.log("img_s", n_images / max(now - self._tick, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
+        self._tick = now
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_images)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._tick = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        self.method.after_optimizer_step(self.global_step, int(max_steps))
+
+    def configure_optimizers(self):
+        optim = self.cfg["optim"]
+        params = self.method.trainable_parameters()
+        if optim["name"] == "sgd":
+            optimizer = torch.optim.SGD(params, lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"])
+        else:
+            cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
+            optimizer = cls(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
+        if optim["scheduler"] == "none" and not optim["warmup_steps"]:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(optim["warmup_steps"])
+        cosine = optim["scheduler"] == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints --------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[KEY] = {
+            "format": FORMAT_VERSION,
+            "vgssl_version": __version__,
+            "model_config": self.cfg["model"],
+            "method": self.cfg["method"],
+            "config": self.cfg,
+            "model_prefix": MODEL_PREFIX,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        theirs = checkpoint.get(KEY, {}).get("model_config")
+        if theirs is not None and theirs != self.cfg["model"]:
+            diff = sorted(k for k in set(theirs) | set(self.cfg["model"]) if theirs.get(k) != self.cfg["model"].get(k))
+            raise VgsslError(f"--resume checkpoint was trained with a different model (differs in: {', '.join(diff)})")

@@ -1,0 +1,209 @@
+"""``vgssl train``: a config, a dataset and a run folder in; checkpoints and test.json out.
+
+Lightning runs the loop (CPU, one or many GPUs, several nodes through ``torchrun``/SLURM, AMP,
+gradient clipping). vgssl adds what Lightning leaves open: validation Recall@N with the same
+evaluation code as ``vgssl eval``; ``last.ckpt`` each epoch and ``best.ckpt`` by validation
+R@5, both written atomically; checkpoints read with ``weights_only=True``; and a final test
+evaluation written as ``RUN_DIR/test.json`` in the ``vgssl eval`` JSON format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
+
+from ..checkpoint import atomic_save, read_checkpoint
+from ..dataset import load_split
+from ..errors import VgsslError
+from ..evaluation import evaluate_split, load_descriptor_model, write_json
+from .module import VgsslModule
+
+log = logging.getLogger("vgssl")
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """Atomic writes; reads only through ``torch.load(weights_only=True)`` (no code in a checkpoint)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
+
+
+class ValidateAndCheckpoint(pl.Callback):
+    """Every ``val_every_n_epochs``: Recall@N on the validation split, ``best.ckpt`` by R@5;
+    every epoch and at the end: ``last.ckpt``."""
+
+    def __init__(self, run_dir: Path, val_split, every: int, cfg: dict[str, Any]) -> None:
+        self.run_dir, self.val_split, self.every, self.cfg = run_dir, val_split, max(int(every), 1), cfg
+        self.best_r5: float | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_r5": self.best_r5, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_r5, self.history = state.get("best_r5"), list(state.get("history", []))
+
+    def _validate(self, trainer: pl.Trainer, module: VgsslModule) -> None:
+        model = module.method.model
+        report, *_ = evaluate_split(model, self.cfg["model"], self.val_split, module.device,
+                                    batch_size=self.cfg["trainer"]["eval_batch_size"],
+                                    workers=self.cfg["data"]["workers"], progress=False)
+        for n, r in report["recall"].items():
+            module.log(f"val_R@{n}", r, prog_bar=n in ("1", "5"), on_epoch=True, sync_dist=False)
+        r5 = report["recall"]["5"]
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "recall": report["recall"]})
+        if trainer.is_global_zero:
+            log.info(f"epoch {trainer.current_epoch}: val R@1 {report['recall']['1']:.1f}  R@5 {r5:.1f}")
+        if self.best_r5 is None or r5 > self.best_r5:
+            self.best_r5 = r5
+            trainer.save_checkpoint(self.run_dir / "best.ckpt", weights_only=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: VgsslModule) -> None:
+        if self.val_split is not None and (trainer.current_epoch + 1) % self.every == 0:
+            self._validate(trainer, module)
+        trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
+
+    def on_train_end(self, trainer: pl.Trainer, module: VgsslModule) -> None:
+        # a run stopped by max_steps mid-epoch still leaves its final weights
+        trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
+
+
+def _loggers(cfg: dict[str, Any], run_dir: Path) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    wanted = cfg["trainer"]["loggers"] or []
+    out: list = []
+    for name in wanted:
+        if name == "csv":
+            out.append(CSVLogger(str(run_dir), name="logs", version=""))
+        elif name == "tensorboard":
+            try:
+                from pytorch_lightning.loggers import TensorBoardLogger
+
+                out.append(TensorBoardLogger(str(run_dir), name="tensorboard", version=""))
+            except ModuleNotFoundError:
+                log.info("note: tensorboard is not installed; logging to CSV only")
+        elif name == "wandb":
+            from pytorch_lightning.loggers import WandbLogger
+
+            out.append(WandbLogger(save_dir=str(run_dir), name=cfg.get("name")))
+        else:
+            raise VgsslError(f"unknown logger '{name}'; valid: csv, tensorboard, wandb")
+    return out
+
+
+def _init_netvlad(module: VgsslModule, cfg: dict[str, Any], n_images: int = 500) -> None:
+    """NetVLAD centroids by k-means on training features, then the momentum copy (if any) is
+    synced, so it starts from the initialised clusters rather than random ones."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..descriptors import ImageFiles
+
+    split, model = module.train_split, module.method.model
+    rng = np.random.default_rng(cfg["trainer"]["seed"])
+    chosen = rng.choice(len(split.database), size=min(n_images, len(split.database)), replace=False)
+    loader = DataLoader(ImageFiles([split.database.paths[i] for i in chosen], cfg["model"]["image_size"]),
+                        batch_size=cfg["trainer"]["eval_batch_size"])
+    generator = torch.Generator().manual_seed(int(cfg["trainer"]["seed"]))
+    per_image = 100  # local features kept per image: enough for k-means, bounded memory at 480x640
+    chunks = []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            local = model.local_features(batch)
+            chunks.append(local[torch.randperm(len(local), generator=generator)[: per_image * len(batch)]])
+    features = torch.cat(chunks)
+    model.train()
+    model.init_netvlad_from_features(features)
+    module.method.sync_momentum()
+
+
+def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume: str | Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train one strategy; returns the summary also written to ``RUN_DIR/summary.json``."""
+    run_dir = Path(run_dir)
+    if resume is not None:
+        read_checkpoint(resume)  # a missing / truncated / foreign file fails here, before anything is written
+    elif (run_dir / "last.ckpt").exists():
+        raise VgsslError(f"{run_dir} already holds a run (last.ckpt); use --resume {run_dir / 'last.ckpt'} or a new --out")
+    trainer_cfg = cfg["trainer"]
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its banner lines, not its warnings
+    pl.seed_everything(int(trainer_cfg["seed"]), workers=True, verbose=False)
+    train_split = load_split(data, "train")
+    val_split = load_split(data, trainer_cfg["val_split"]) if trainer_cfg["val_split"] else None
+    test_split = load_split(data, trainer_cfg["test_split"]) if trainer_cfg["test_split"] else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg)
+    module = VgsslModule(cfg, train_split)
+    if module.n_queries_without_positive:
+        log.info(f"note: {module.n_queries_without_positive} training queries have no database image within "
+                 f"{cfg['data']['train_radius_m']} m and are left out")
+    if cfg["model"]["aggregation"] == "netvlad" and resume is None:
+        _init_netvlad(module, cfg)
+    callback = ValidateAndCheckpoint(run_dir, val_split, trainer_cfg["val_every_n_epochs"], cfg)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        trainer = pl.Trainer(
+            default_root_dir=str(run_dir),
+            max_epochs=int(trainer_cfg["max_epochs"]),
+            max_steps=int(trainer_cfg["max_steps"]),
+            accelerator=trainer_cfg["accelerator"],
+            devices=trainer_cfg["devices"],
+            num_nodes=int(trainer_cfg["num_nodes"]),
+            strategy=trainer_cfg["strategy"],
+            precision=trainer_cfg["precision"],
+            gradient_clip_val=cfg["optim"]["grad_clip"],
+            deterministic=bool(trainer_cfg["deterministic"]),
+            logger=_loggers(cfg, run_dir) or False,
+            callbacks=[callback],
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            reload_dataloaders_every_n_epochs=1,
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            log_every_n_steps=1,
+            plugins=[SafeCheckpointIO()],
+        )
+        start = time.perf_counter()
+        trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
+    seconds = time.perf_counter() - start
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "method": cfg["method"], "name": cfg.get("name"),
+                               "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                               "train_seconds": round(seconds, 2), "best_val_r5": callback.best_r5,
+                               "val_history": callback.history}
+    if test_split is not None and trainer.is_global_zero:
+        best = run_dir / "best.ckpt"
+        ckpt = best if best.exists() else run_dir / "last.ckpt"
+        model, model_cfg, _ = load_descriptor_model(ckpt)
+        report, *_ = evaluate_split(model.to(module.device), model_cfg, test_split, module.device,
+                                    batch_size=trainer_cfg["eval_batch_size"], progress=progress)
+        report["checkpoint"] = str(ckpt)
+        write_json(run_dir / "test.json", report)
+        summary["test"] = report
+    if trainer.is_global_zero:
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
