@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-ros.txt vgssl_core/pyproject.toml $(ROS_
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	set -o pipefail; $(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
-	set -o pipefail; $(PY) -m pip install -q --no-deps -e vgssl_core 2>&1 | { grep -v '^WARNING: Location' || true; }
+	set -o pipefail; $(PY) -m pip install -q --no-deps --config-settings editable_mode=compat -e vgssl_core 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@if [ -f tools/ros_setup.sh ]; then bash tools/ros_setup.sh $(VENV); fi
 	@touch $(STAMP)
 	@echo "setup: $(VENV) is ready"

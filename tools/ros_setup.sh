@@ -93,15 +93,17 @@ if [[ $need_build -eq 1 ]]; then
 fi
 
 # (d) vgssl_ros, editable, so `python -m vgssl_ros.X` runs the checkout's code.
+# compat mode puts a plain path entry on sys.path, so the checkout's top-level vgssl_ros/ folder
+# (no __init__.py) never shadows the package when a node is started from the repository root.
 if grep -qx "missing-vgssl-ros" <<<"$STATE"; then
     # Building in the venv is quicker and works offline, but needs a setuptools that can
     # make wheels by itself (>= 70.1); a fresh Python 3.11 venv has 65.x without `wheel`.
     if "$PY" -c 'import setuptools.command.bdist_wheel' >/dev/null 2>&1; then
         run_logged "pip install -e vgssl_ros" \
-            "$PY" -m pip install -q --no-deps --no-build-isolation -e "$REPO/vgssl_ros"
+            "$PY" -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e "$REPO/vgssl_ros"
     else
         run_logged "pip install -e vgssl_ros" \
-            "$PY" -m pip install -q --no-deps -e "$REPO/vgssl_ros"
+            "$PY" -m pip install -q --no-deps --config-settings editable_mode=compat -e "$REPO/vgssl_ros"
     fi
     note "installed vgssl_ros (editable) into $VENV"
 fi

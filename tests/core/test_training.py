@@ -42,24 +42,47 @@ def _metrics(run_dir):
 
 @pytest.mark.parametrize("method", ["simclr", "triplet"])
 def test_loss_decreases_over_a_short_run(tiny_world, tmp_path, method):
+    # Every usable query every epoch (no per-epoch subsampling), so epochs see the same places.
+    # The triplet loss uses random negatives here: re-mined hard negatives get harder as the model
+    # improves, so the mined loss is not a stationary objective whose decrease means learning.
     out = tmp_path / method
-    assert train(tiny_world, out, method, "--max-epochs", "9", "optim.lr=1e-3", "trainer.val_split=null",
-                 "trainer.test_split=null", "data.queries_per_epoch=12", "model.freeze_stages=0",
-                 "data.batch_size=4") == 0
+    assert train(tiny_world, out, method, "--max-epochs", "5", "optim.lr=1e-3", "trainer.val_split=null",
+                 "trainer.test_split=null", "data.db_negative_ratio=0", "model.freeze_stages=0",
+                 "model.image_size=[48,64]", "data.batch_size=8", "mining.cache_refresh_queries=60",
+                 "mining.mode=random") == 0
     by_epoch = [float(r["loss_epoch"]) for r in _metrics(out) if r.get("loss_epoch")]
-    assert len(by_epoch) == 9
-    assert np.mean(by_epoch[-3:]) < 0.95 * np.mean(by_epoch[:3])
+    assert len(by_epoch) == 5
+    assert np.mean(by_epoch[-2:]) < 0.9 * by_epoch[0]
 
 
-def test_resume_equals_uninterrupted_run(tiny_world, tmp_path):
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_equals_uninterrupted_run(tiny_world, tmp_path, monkeypatch):
+    from vgssl_core.training.run import ValidateAndCheckpoint
+
     args = ["--max-epochs", "2", "trainer.val_split=null", "trainer.test_split=null", "data.queries_per_epoch=12",
             "optim.lr=1e-3", "model.freeze_stages=2", "optim.scheduler=cosine"]
     assert train(tiny_world, tmp_path / "whole", "byol", *args) == 0
-    assert train(tiny_world, tmp_path / "half", "byol", *args[2:], "--max-epochs", "1") == 0
-    assert train(tiny_world, tmp_path / "half", "byol", *args, "--resume", tmp_path / "half" / "last.ckpt") == 0
+
+    real_epoch_end = ValidateAndCheckpoint.on_train_epoch_end
+
+    def crash_after_first_checkpoint(self, trainer, module):
+        real_epoch_end(self, trainer, module)
+        raise SimulatedCrash("killed after epoch 0")
+
+    monkeypatch.setattr(ValidateAndCheckpoint, "on_train_epoch_end", crash_after_first_checkpoint)
+    with pytest.raises(SimulatedCrash):
+        train(tiny_world, tmp_path / "crashed", "byol", *args)
+    monkeypatch.setattr(ValidateAndCheckpoint, "on_train_epoch_end", real_epoch_end)
+    last = tmp_path / "crashed" / "last.ckpt"
+    assert read_checkpoint(last)["epoch"] == 0
+    assert train(tiny_world, tmp_path / "crashed", "byol", *args, "--resume", last) == 0
+
     whole = read_checkpoint(tmp_path / "whole" / "last.ckpt")
-    resumed = read_checkpoint(tmp_path / "half" / "last.ckpt")
-    assert whole["global_step"] == resumed["global_step"]
+    resumed = read_checkpoint(last)
+    assert whole["global_step"] == resumed["global_step"] > 0
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 
@@ -90,20 +113,25 @@ def test_bad_config_and_resume_inputs(tiny_world, tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path, capsys, monkeypatch):
     from vgssl_core.methods import SimCLR
+    from vgssl_core.training.run import ValidateAndCheckpoint
 
-    real_loss, calls = SimCLR.loss_pairs, []
+    epochs_done, real_loss, real_epoch_end = [], SimCLR.loss_pairs, ValidateAndCheckpoint.on_train_epoch_end
 
-    def loss_that_diverges(self, *args):
-        calls.append(1)
+    def count_epochs(self, trainer, module):
+        real_epoch_end(self, trainer, module)
+        epochs_done.append(trainer.global_step)
+
+    def loss_that_diverges_in_epoch_1(self, *args):
         loss = real_loss(self, *args)
-        return loss * float("nan") if len(calls) > 4 else loss
+        return loss * float("nan") if epochs_done else loss
 
-    monkeypatch.setattr(SimCLR, "loss_pairs", loss_that_diverges)
+    monkeypatch.setattr(ValidateAndCheckpoint, "on_train_epoch_end", count_epochs)
+    monkeypatch.setattr(SimCLR, "loss_pairs", loss_that_diverges_in_epoch_1)
     out = tmp_path / "nan"
-    code = train(tiny_world, out, "simclr", "--max-epochs", "4", "trainer.val_split=null", "trainer.test_split=null",
+    code = train(tiny_world, out, "simclr", "--max-epochs", "3", "trainer.val_split=null", "trainer.test_split=null",
                  "data.queries_per_epoch=12")
     assert code == 2
-    err = capsys.readouterr().err
-    assert "loss is nan at step 4" in err
-    kept = read_checkpoint(out / "last.ckpt")  # written after epoch 1 (steps 0-3), intact
-    assert kept["global_step"] == 4
+    steps_after_epoch_0 = epochs_done[0]
+    assert f"loss is nan at step {steps_after_epoch_0} (epoch 1)" in capsys.readouterr().err
+    kept = read_checkpoint(out / "last.ckpt")  # written at the end of epoch 0, intact
+    assert kept["global_step"] == steps_after_epoch_0

@@ -1,0 +1,146 @@
+"""``ros2 launch vgssl_ros localize.launch.py`` for real, with launch_testing (ROS 2 installs only).
+
+Run in a sourced ROS 2 workspace where vgssl_ros is built (colcon) and vgssl_core installed:
+
+    launch_test tests/ros/launch/test_localize_launch.py      # or: pytest tests/ros/launch
+
+It builds a tiny map (synthetic world, 2-step checkpoint, database), launches the installed
+launch file with it, publishes database images as the camera and expects NavSatFix and
+Localization messages with the image's stamp near the image's position, then checks that the
+node exited cleanly (status 0) when the launch shut down.
+
+Where ``launch_testing`` cannot be imported (the project's venv: no launch packages on PyPI,
+see shared/ROS2.md) the module is skipped with that reason; tests/ros/test_launch_files.py
+checks the launch file statically and tests/ros/test_localizer.py starts the node with the
+exact arguments the launch file gives it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+import pytest
+
+launch_testing = pytest.importorskip(
+    "launch_testing", reason="launch_testing is not installed (ROS 2 installs only; not on PyPI): "
+    "run this test in a sourced ROS 2 workspace"
+)
+pytest.importorskip("launch_ros", reason="launch_ros is not installed (ROS 2 installs only)")
+
+import launch_testing.actions  # noqa: E402
+import launch_testing.asserts  # noqa: E402
+import numpy as np  # noqa: E402
+import rclpy  # noqa: E402
+from ament_index_python.packages import get_package_share_directory  # noqa: E402
+from launch import LaunchDescription  # noqa: E402
+from launch.actions import IncludeLaunchDescription  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image, NavSatFix  # noqa: E402
+
+from vgssl_core.cli import main as vgssl_cli  # noqa: E402
+from vgssl_core.dataset import load_image, load_split  # noqa: E402
+from vgssl_core.image_codec import encode_raw  # noqa: E402
+from vgssl_msgs.msg import Localization  # noqa: E402
+from vgssl_ros.ros_env import fastdds_profile_path, localhost_env  # noqa: E402
+
+TOPIC = "camera/image_raw"
+TIMEOUT = 120.0  # s: model load on a robot's CPU
+RADIUS_M = 25.0
+
+
+def build_map(root: Path) -> tuple[Path, Path, Path]:
+    """(checkpoint, database, world) of the tiny synthetic world, trained for 2 steps."""
+    from vgssl_core.synth import generate_world
+
+    world = root / "world"
+    generate_world(world, preset="tiny", seed=0, progress=False)
+    run = root / "run"
+    assert vgssl_cli(["train", "--data", str(world), "--out", str(run), "--max-steps", "2", "--quiet",
+                      "data.batch_size=6", "data.workers=0", "model.image_size=[64,96]",
+                      "trainer.val_split=null", "trainer.test_split=null"]) == 0
+    db = root / "db"
+    assert vgssl_cli(["build-db", "--data", str(world), "--ckpt", str(run / "last.ckpt"), "--out", str(db),
+                      "--quiet"]) == 0
+    return run / "last.ckpt", db, world
+
+
+@pytest.mark.launch_test
+def generate_test_description():
+    root = Path(tempfile.mkdtemp(prefix="vgssl_launch_test_"))
+    # This process (the test's camera node) and the launched node: one domain of their own,
+    # discovery on this host only, logs under root, the shipped Fast DDS profile.
+    domain = 61 + os.getpid() % 39  # 61..99: the test range, above the hand-started 40..60
+    os.environ.update(localhost_env(domain, root / "ros_log", fastdds_profile=fastdds_profile_path()))
+    ckpt, db, world = build_map(root)
+    launch_file = os.path.join(get_package_share_directory("vgssl_ros"), "launch", "localize.launch.py")
+    localize = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(launch_file),
+        launch_arguments={"checkpoint": str(ckpt), "database": str(db), "image_topic": TOPIC}.items(),
+    )
+    return LaunchDescription([localize, launch_testing.actions.ReadyToTest()]), {"world": world}
+
+
+class TestLocalizerFromLaunch(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.context = rclpy.Context()
+        rclpy.init(context=cls.context)
+        cls.node = rclpy.create_node("launch_test_camera", context=cls.context)
+        cls.executor = SingleThreadedExecutor(context=cls.context)
+        cls.executor.add_node(cls.node)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.executor.shutdown()
+        cls.node.destroy_node()
+        rclpy.try_shutdown(context=cls.context)
+
+    def spin_until(self, condition, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, f"timed out waiting for {what}")
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def test_database_images_become_fixes_with_their_stamps(self, proc_output, world):
+        fixes, locs = [], []
+        self.node.create_subscription(NavSatFix, "fix", fixes.append, 10)
+        self.node.create_subscription(Localization, "localization", locs.append, 10)
+        camera = self.node.create_publisher(Image, TOPIC, qos_profile_sensor_data)
+        self.spin_until(lambda: camera.get_subscription_count() > 0, TIMEOUT, "the localizer to subscribe")
+        proc_output.assertWaitFor("localizer ready", timeout=TIMEOUT)
+
+        split = load_split(world, "test").database
+        errors = []
+        for i in (0, 20, 40):
+            rgb = np.asarray(load_image(split.paths[i]))
+            step, data = encode_raw(rgb, "rgb8")
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=step, data=data)
+            msg.header.stamp.sec, msg.header.frame_id = 2000 + i, "camera"
+
+            def answered():
+                return [m for m in locs if m.header.stamp == msg.header.stamp]
+
+            deadline = time.monotonic() + 30.0
+            while not answered():  # best effort: publish again until it got through
+                self.assertLess(time.monotonic(), deadline, f"no fix for frame {i}")
+                camera.publish(msg)
+                end = time.monotonic() + 2.0
+                while not answered() and time.monotonic() < end:
+                    self.executor.spin_once(timeout_sec=0.05)
+            loc = answered()[0]
+            self.spin_until(lambda: any(f.header.stamp == msg.header.stamp for f in fixes), 5.0, "the NavSatFix")
+            errors.append(math.hypot(loc.easting - split.utm[i, 0], loc.northing - split.utm[i, 1]))
+        self.assertGreaterEqual(sum(e <= RADIUS_M for e in errors), 2, f"errors [m]: {errors}")
+
+
+@launch_testing.post_shutdown_test()
+class TestLocalizerShutdown(unittest.TestCase):
+    def test_exit_code_is_zero(self, proc_info):
+        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])

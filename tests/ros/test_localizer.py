@@ -1,0 +1,335 @@
+"""The ``localizer`` node as a real process, over real DDS: fixes, service, bad frames, flood, start-up.
+
+Every test starts ``python -m vgssl_ros.localizer`` with ``config/localizer.yaml`` and a tiny map
+database (the ``tiny`` synthetic world's test split, a 2-step checkpoint), exactly as a user or
+the launch file would, in a ROS domain of its own (see conftest.py), and talks to it from an
+in-process test node. The model input is 240x320 so that a CPU frame takes tens of
+milliseconds: slow enough that a 30 Hz camera outruns it (the newest-frame behaviour), fast
+enough for the suite.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rclpy.parameter import parameter_value_to_python
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
+
+from vgssl_core.cli import main as vgssl_cli
+from vgssl_core.dataset import load_image, load_split
+from vgssl_core.image_codec import encode_compressed, encode_raw
+from vgssl_msgs.msg import Localization
+from vgssl_msgs.srv import LocalizeImage
+from vgssl_ros.localizer import PARAMETERS
+from vgssl_ros.messages import diagnostic_values
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = REPO / "config" / "localizer.yaml"
+NODE = "vgssl_ros.localizer"
+STARTUP_TIMEOUT = 90.0  # s: importing torch and loading the model on a busy 2-core machine
+FIX_TIMEOUT = 20.0
+RADIUS_M = 25.0  # the Recall@N threshold
+DIAG_NAME = "localizer: visual localization"
+TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
+         "model.image_size=[240,320]", "model.head_layers=1", "model.head_dim=64",
+         "trainer.val_split=null", "trainer.test_split=null"]
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world, tmp_path_factory):
+    """(checkpoint, database folder, test-split database images [(rgb, (easting, northing))])."""
+    out = tmp_path_factory.mktemp("localizer")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one thread each is faster than two that fight
+    try:
+        assert vgssl_cli(["train", "--data", str(tiny_world), "--out", str(out / "run"), *TRAIN]) == 0
+        ckpt = out / "run" / "last.ckpt"
+        assert vgssl_cli(["build-db", "--data", str(tiny_world), "--ckpt", str(ckpt), "--out", str(out / "db"),
+                          "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    split = load_split(tiny_world, "test").database
+    route = [(np.asarray(load_image(path)), tuple(split.utm[i])) for i, path in enumerate(split.paths)]
+    return ckpt, out / "db", route
+
+
+def localizer_args(world, topic: str, *extra: str) -> tuple[str, ...]:
+    ckpt, db, _ = world
+    return ("--params-file", str(PARAMS), "-p", f"checkpoint:={ckpt}", "-p", f"database:={db}",
+            "-p", f"image_topic:={topic}", "-p", "cpu_threads:=1", *extra)
+
+
+def stamp_of(i: int) -> Time:
+    return Time(sec=1000 + i, nanosec=250_000_000)
+
+
+def raw_image(rgb: np.ndarray, i: int, encoding: str = "rgb8") -> Image:
+    step, data = encode_raw(rgb, encoding)
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=step, data=data)
+    msg.header.stamp, msg.header.frame_id = stamp_of(i), "camera"
+    return msg
+
+
+def jpeg_image(rgb: np.ndarray, i: int) -> CompressedImage:
+    msg = CompressedImage(format="jpeg", data=encode_compressed(rgb, "jpeg", quality=90))
+    msg.header.stamp, msg.header.frame_id = stamp_of(i), "camera"
+    return msg
+
+
+def with_stamp(inbox: list, stamp: Time) -> list:
+    return [m for m in inbox if m.header.stamp == stamp]
+
+
+def publish_until_answered(ros_node, publisher, msg, inbox: list, timeout: float = FIX_TIMEOUT):
+    """Publish ``msg`` (best effort) until a message with its stamp lands in ``inbox``; that message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        publisher.publish(msg)
+        try:
+            ros_node.spin_until(lambda: with_stamp(inbox, msg.header.stamp), min(5.0, deadline - time.monotonic()),
+                                f"a fix stamped {msg.header.stamp.sec}")
+            return with_stamp(inbox, msg.header.stamp)[0]
+        except AssertionError:
+            if time.monotonic() >= deadline - 0.1:
+                raise
+
+
+def error_m(loc: Localization, utm) -> float:
+    return math.hypot(loc.easting - utm[0], loc.northing - utm[1])
+
+
+def latest_diagnostics(ros_node, inbox: list, condition=lambda values: True, timeout: float = 10.0) -> dict:
+    """Values of the newest localizer diagnostics that satisfy ``condition`` (waits for one)."""
+    def newest():
+        for msg in reversed(inbox):
+            for status in msg.status:
+                if status.name == DIAG_NAME:
+                    values = diagnostic_values(msg, DIAG_NAME)
+                    return values if condition(values) else None
+        return None
+
+    ros_node.spin_until(lambda: newest() is not None, timeout, "localizer diagnostics")
+    return newest()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+# --- fixes over topics and the service ---------------------------------------------------------
+def test_raw_images_give_fixes_with_their_stamps_and_the_service_answers(world, start_node, ros_node):
+    node = start_node(NODE, *localizer_args(world, "camera/image_raw"))
+    fixes = ros_node.subscribe(NavSatFix, "fix")
+    locs = ros_node.subscribe(Localization, "localization")
+    poses = ros_node.subscribe(PoseWithCovarianceStamped, "pose")
+    camera = ros_node.node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    ros_node.wait_for_subscribers(camera, timeout=STARTUP_TIMEOUT)  # image_transport auto found our type
+    ros_node.wait_for_publishers("localization")
+    route = world[2]
+    picks = list(range(0, len(route), max(1, len(route) // 8)))[:8]
+    errors = []
+    for i in picks:
+        rgb, utm = route[i]
+        loc = publish_until_answered(ros_node, camera, raw_image(rgb, i), locs)
+        ros_node.spin_until(lambda: with_stamp(fixes, stamp_of(i)), 5.0, "the NavSatFix")
+        fix = with_stamp(fixes, stamp_of(i))[0]
+        assert loc.header.frame_id == "utm" and fix.header.frame_id == "camera"  # the image's frame
+        assert (loc.utm_zone, loc.utm_band) == (32, "T") and len(loc.matches) == 5  # top_k of the YAML
+        assert (fix.latitude, fix.longitude) == (loc.latitude, loc.longitude)
+        confident = loc.confidence >= 0.5
+        assert fix.status.status == (NavSatStatus.STATUS_FIX if confident else NavSatStatus.STATUS_NO_FIX)
+        assert np.array(fix.position_covariance).reshape(3, 3)[:2, :2].tolist() == \
+            np.array(loc.position_covariance).reshape(2, 2).tolist()
+        errors.append(error_m(loc, utm))
+    assert sum(e <= RADIUS_M for e in errors) >= 0.75 * len(errors), f"errors [m]: {errors}"
+    ros_node.spin_for(0.3)
+    confident_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in locs if m.confidence >= 0.5}
+    assert confident_stamps and {(p.header.stamp.sec, p.header.stamp.nanosec) for p in poses} == confident_stamps
+    assert all(p.header.frame_id == "utm" and p.pose.pose.orientation.w == 1.0 for p in poses)
+
+    rgb, utm = route[picks[1]]
+    request = LocalizeImage.Request(image=raw_image(rgb, 77, "bgr8"), top_k=3)
+    response = ros_node.call(LocalizeImage, "/localizer/localize", request)
+    assert response.success and response.message == "ok"
+    assert response.localization.header.stamp == stamp_of(77) and len(response.localization.matches) == 3
+    assert error_m(response.localization, utm) <= RADIUS_M
+    broken = LocalizeImage.Request(image=Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(5)))
+    response = ros_node.call(LocalizeImage, "/localizer/localize", broken)
+    assert not response.success and "expected step x height" in response.message
+    assert node.stop() == 0
+
+
+def test_compressed_images_are_localized_and_a_broken_jpeg_is_skipped(world, start_node, ros_node):
+    topic = "camera/image_raw/compressed"
+    node = start_node(NODE, *localizer_args(world, topic))
+    locs = ros_node.subscribe(Localization, "localization")
+    camera = ros_node.node.create_publisher(CompressedImage, topic, qos_profile_sensor_data)
+    ros_node.wait_for_subscribers(camera, timeout=STARTUP_TIMEOUT)
+    node.wait_for_output("(sensor_msgs/CompressedImage, compressed)")  # image_transport auto
+    route = world[2]
+    errors = []
+    for i in (3, 21, 40, 55):
+        loc = publish_until_answered(ros_node, camera, jpeg_image(route[i][0], i), locs)
+        errors.append(error_m(loc, route[i][1]))
+    assert sum(e <= RADIUS_M for e in errors) >= 3, f"errors [m]: {errors}"
+
+    broken = CompressedImage(format="jpeg", data=encode_compressed(route[0][0], "jpeg")[:300])
+    broken.header.stamp = stamp_of(500)
+    deadline = time.monotonic() + FIX_TIMEOUT
+    while "skipped a malformed image" not in node.output():  # best effort: until the node saw it
+        assert time.monotonic() < deadline and node.is_running(), node.tail()
+        camera.publish(broken)
+        ros_node.spin_for(0.5)
+    loc = publish_until_answered(ros_node, camera, jpeg_image(route[9][0], 9), locs)
+    assert error_m(loc, route[9][1]) <= RADIUS_M or loc.confidence < 0.5
+    assert not with_stamp(locs, stamp_of(500)) and node.is_running()
+    assert node.stop() == 0
+
+
+# --- robustness --------------------------------------------------------------------------------
+def test_localizer_survives_malformed_images(world, start_node, ros_node):
+    node = start_node(NODE, *localizer_args(world, "camera/image_raw", "-p", "image_transport:=raw"))
+    diagnostics = ros_node.subscribe(DiagnosticArray, "/diagnostics")
+    locs = ros_node.subscribe(Localization, "localization")
+    camera = ros_node.node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    ros_node.wait_for_subscribers(camera, timeout=STARTUP_TIMEOUT)
+    ros_node.wait_for_publishers("/diagnostics")
+    bad = [
+        Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)),  # unknown encoding
+        Image(height=4, width=4, encoding="rgb8", step=12, data=bytes(40)),  # data != step x height
+        Image(height=4, width=4, encoding="rgb8", step=6, data=bytes(24)),  # step < a row
+        Image(height=0, width=0, encoding="rgb8", step=0, data=b""),  # zero size
+    ]
+    for n, msg in enumerate(bad, start=1):
+        msg.header.stamp = stamp_of(900 + n)
+        deadline = time.monotonic() + FIX_TIMEOUT
+        while True:  # best effort: repeat until the node has seen it (counted as bad)
+            camera.publish(msg)
+            try:
+                latest_diagnostics(ros_node, diagnostics, lambda v: int(v["frames_bad"]) >= n, timeout=2.5)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, f"bad frame {n} never counted:\n{node.tail()}"
+    assert node.is_running()
+    rgb, utm = world[2][12]
+    loc = publish_until_answered(ros_node, camera, raw_image(rgb, 12), locs)
+    assert error_m(loc, utm) <= RADIUS_M
+    values = latest_diagnostics(ros_node, diagnostics, lambda v: int(v["frames_processed"]) >= 1)
+    assert int(values["frames_bad"]) >= len(bad) and values["frames_failed"] == "0"
+    output = node.output()
+    warnings = [line for line in output.splitlines() if "skipped a malformed image" in line]
+    assert 1 <= len(warnings) < len(bad), warnings  # one warning, then throttled (5 s)
+    assert "unsupported image encoding 'yuv422'" in warnings[0] and "Traceback" not in output
+    assert node.stop() == 0
+
+
+def test_a_30hz_flood_keeps_only_the_newest_frame_in_bounded_memory(world, start_node, ros_node):
+    """640x480 rgb8 at 30 Hz for 10 s into the CPU model: fixes stay fresh, stale frames are dropped."""
+    node = start_node(NODE, *localizer_args(world, "camera/image_raw", "-p", "image_transport:=raw"))
+    diagnostics = ros_node.subscribe(DiagnosticArray, "/diagnostics")
+    locs = ros_node.subscribe(Localization, "localization")
+    camera = ros_node.node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    ros_node.wait_for_subscribers(camera, timeout=STARTUP_TIMEOUT)
+    frames = [cv2.resize(rgb, (640, 480), interpolation=cv2.INTER_LINEAR) for rgb, _ in world[2][::6]]
+    payloads = [encode_raw(rgb, "rgb8")[1] for rgb in frames]
+    publish_until_answered(ros_node, camera, raw_image(frames[0], 0), locs)  # warm: first VGA frame done
+    ros_node.spin_for(0.5)
+    rss_start = rss_mb(node.pid)
+    done_before = len(locs)
+
+    rate, seconds = 30.0, 10.0
+    n = int(rate * seconds)
+    sent_at: dict[int, float] = {}
+    arrived_at: dict[int, float] = {}
+    msg = Image(height=480, width=640, encoding="rgb8", step=640 * 3)
+    msg.header.frame_id = "camera"
+    def spin_recording(until: float) -> None:  # spin, noting when each fix arrives
+        while (left := until - time.monotonic()) > 0:
+            ros_node.executor.spin_once(timeout_sec=left)
+            for m in locs[done_before + len(arrived_at):]:
+                arrived_at[m.header.stamp.sec - 1000] = time.monotonic()
+
+    start = time.monotonic()
+    for i in range(1, n + 1):
+        msg.header.stamp = stamp_of(i)
+        msg.data = payloads[i % len(payloads)]
+        camera.publish(msg)
+        sent_at[i] = time.monotonic()
+        spin_recording(start + i / rate)
+    rss_end = rss_mb(node.pid)
+    spin_recording(time.monotonic() + 2.0)  # the frame in hand and the newest one finish; nothing older follows
+
+    flood = [m.header.stamp.sec - 1000 for m in locs[done_before:]]
+    assert flood == sorted(set(flood)), "fixes went back in time or repeated a frame"
+    assert n - 3 <= flood[-1] <= n, f"last fix for frame {flood[-1]}, newest sent {n}: processed stale frames"
+    ages = [arrived_at[i] - sent_at[i] for i in flood if i in arrived_at]
+    assert max(ages) < 2.0, f"a fix arrived {max(ages):.2f} s after its frame: frames queue up"
+    values = latest_diagnostics(ros_node, diagnostics, lambda v: int(v["frames_received"]) > 0.5 * n, timeout=5.0)
+    received, dropped = int(values["frames_received"]), int(values["frames_dropped"])
+    processed, bad = int(values["frames_processed"]), int(values["frames_bad"])
+    assert received > 0.5 * n, f"only {received} of {n} frames reached the node"
+    assert dropped >= 0.3 * received, values  # the model is slower than 30 Hz
+    assert processed + dropped + bad == received, values  # every frame accounted for
+    assert processed == done_before + len(flood)  # the warm-up frame was processed too
+    growth = rss_end - rss_start
+    # A queue of the flood would hold ~270 MB of frames; the slot holds one (0.9 MB).
+    assert growth < 60.0, f"RSS grew {growth:.1f} MB during the flood ({rss_start:.0f} -> {rss_end:.0f} MB)"
+    print(f"flood: sent {n}, received {received}, processed {processed}, dropped {dropped}, "
+          f"p50 {values['latency_p50_ms']} ms, p95 {values['latency_p95_ms']} ms, "
+          f"RSS {rss_start:.0f} -> {rss_end:.0f} MB")
+    assert node.stop() == 0  # SIGINT during a flood is a clean exit
+
+
+# --- start-up --------------------------------------------------------------------------------
+def test_missing_checkpoint_or_database_is_a_one_line_error(world, tmp_path, ros_env):
+    """Run exactly as documented, from the repository root with the relative params file."""
+    ckpt, db, _ = world
+    missing_ckpt, missing_db = tmp_path / "nowhere" / "last.ckpt", tmp_path / "no_such_db"
+    runs = []
+    for checkpoint, database, named in ((missing_ckpt, db, missing_ckpt), (ckpt, missing_db, missing_db)):
+        argv = [sys.executable, "-m", NODE, "--ros-args", "--params-file", "config/localizer.yaml",
+                "-p", f"checkpoint:={checkpoint}", "-p", f"database:={database}", "-p", "image_topic:=camera/image_raw"]
+        runs.append((subprocess.Popen(argv, cwd=REPO, env=ros_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True), named))
+    for process, path in runs:
+        try:
+            output, _ = process.communicate(timeout=STARTUP_TIMEOUT)
+        finally:
+            process.kill()
+        assert process.returncode == 2, output
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert len(lines) == 1 and str(path) in lines[0] and "FATAL" in lines[0], output
+        assert "Traceback" not in output
+
+
+def test_parameters_of_the_running_node_are_the_yaml_files(world, start_node, ros_node):
+    ckpt, db, _ = world
+    node = start_node(NODE, "--params-file", str(PARAMS), "-p", f"checkpoint:={ckpt}", "-p", f"database:={db}")
+    expected = yaml.safe_load(PARAMS.read_text())["localizer"]["ros__parameters"]
+    expected.update(checkpoint=str(ckpt), database=str(db))  # the -p overrides
+    # The file must differ from the node's built-in defaults somewhere, or this would prove nothing.
+    assert expected["image_topic"] != PARAMETERS["image_topic"][0]
+    client = AsyncParameterClient(ros_node.node, "localizer")
+    ros_node.spin_until(client.services_are_ready, STARTUP_TIMEOUT, "the parameter services of /localizer")
+    future = client.get_parameters(list(expected))
+    ros_node.spin_until(future.done, 10.0, "the parameter values")
+    values = dict(zip(expected, map(parameter_value_to_python, future.result().values)))
+    assert values == expected
+    assert node.is_running() and node.stop() == 0

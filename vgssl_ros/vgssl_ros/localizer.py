@@ -1,0 +1,278 @@
+"""The ``localizer`` node: camera images in, visual geo-localization fixes out.
+
+    ros2 run vgssl_ros localizer --ros-args --params-file config/localizer.yaml \\
+        -p checkpoint:=run/last.ckpt -p database:=maps/city -p image_topic:=/camera/image_raw
+    python -m vgssl_ros.localizer --ros-args ...          # the same, from the venv
+
+A thin wrapper: ``vgssl_core.localization.Localizer`` loads the model and the map database once
+(and warms them up), ``vgssl_ros.messages`` converts messages, ``vgssl_ros.frame_slot`` holds the
+newest frame. The node only wires them to ROS:
+
+* subscribes to ``image_topic`` (``sensor_msgs/Image`` or ``CompressedImage``, chosen by
+  ``image_transport``; ``auto`` waits for a publisher and takes its type) with sensor-data QoS
+  of depth 1; the callback only stores the message in the slot, a worker thread localizes the
+  newest one whenever it is free, so a slow model drops stale frames (counted) and never queues;
+* publishes, stamped with the image's stamp, on the relative (remappable) topics
+  ``localization`` (``vgssl_msgs/Localization``: top-k matches, confidence, latencies, always),
+  ``fix`` (``sensor_msgs/NavSatFix``: ``STATUS_NO_FIX`` below ``min_confidence``, always) and
+  ``pose`` (``geometry_msgs/PoseWithCovarianceStamped`` in ``utm_frame_id``, only when the
+  confidence reaches ``min_confidence``: it has no status field to say "not a fix");
+* serves ``~/localize`` (``vgssl_msgs/LocalizeImage``) for one image on demand;
+* publishes ``/diagnostics`` once a second (rate, latency p50/p95, received / dropped / bad).
+
+Rename outputs with remapping (``-r fix:=/gps/visual_fix``), not parameters. A malformed image
+logs one throttled warning and is counted; a missing checkpoint or database stops the node at
+start with one line naming the path (exit status 2). Ctrl-C exits with status 0.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+
+from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
+from vgssl_msgs.msg import Localization
+from vgssl_msgs.srv import LocalizeImage
+from vgssl_ros.frame_slot import FrameSlot, ProcessingStats
+from vgssl_ros.messages import (
+    diagnostics_msg, has_fix, image_to_rgb, localization_msg, navsatfix_msg, pose_msg,
+)
+
+NODE_NAME = "localizer"
+
+# name -> (default when neither a params file nor -p sets it, description shown by `ros2 param
+# describe`). config/localizer.yaml sets every one. Read once at start (read-only parameters).
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "checkpoint": ("", "vgssl checkpoint (.ckpt) of the descriptor model; required"),
+    "database": ("", "map database folder built by 'vgssl build-db' with this checkpoint; required"),
+    "device": ("auto", "auto (CUDA when PyTorch sees a GPU, else CPU), cpu, cuda or cuda:N"),
+    "cpu_threads": (0, "PyTorch CPU threads; 0 keeps PyTorch's default (one per core)"),
+    "force": (False, "use a database built with another checkpoint (fixes are then meaningless "
+                     "unless the models are compatible)"),
+    "image_topic": ("image", "camera topic (relative names follow the node's namespace and remapping)"),
+    "image_transport": ("auto", "raw (sensor_msgs/Image), compressed (sensor_msgs/CompressedImage: "
+                                "name the .../compressed topic) or auto (the type its publisher advertises)"),
+    "top_k": (5, "database matches retrieved per image and published in 'localization'"),
+    "min_confidence": (0.5, "confidence (0..1) from which a result is a fix: NavSatFix STATUS_FIX "
+                            "and a 'pose' message; below it NavSatFix says STATUS_NO_FIX"),
+    "utm_frame_id": ("utm", "frame_id of 'localization' and 'pose' (UTM, the database's zone)"),
+    "fix_frame_id": ("", "frame_id of 'fix'; empty: the image's frame_id (the camera)"),
+}
+TYPE_NAMES = {str: "string", int: "integer", float: "double (write 1.0, not 1)", bool: "bool (true or false)"}
+TRANSPORTS = {"raw": Image, "compressed": CompressedImage}
+TYPE_TRANSPORT = {"sensor_msgs/msg/Image": "raw", "sensor_msgs/msg/CompressedImage": "compressed"}
+
+# Sensor-data QoS with depth 1: never deliver a stale frame after a fresh one was missed.
+IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                       durability=DurabilityPolicy.VOLATILE)
+OUTPUT_DEPTH = 10
+WARN_EVERY_S = 5.0  # throttle of the malformed-frame warning
+DIAGNOSTICS_PERIOD_S = 1.0
+DISCOVERY_POLL_S = 0.2  # image_transport auto: how often to look for the camera's publisher
+
+
+class LocalizerNode(Node):
+    """See the module docstring. Raises ``VgsslError`` when it cannot start (bad parameter,
+    missing checkpoint or database); call :meth:`close` before ``destroy_node``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        p = self._read_parameters()
+        if p["cpu_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(p["cpu_threads"])
+        from vgssl_core.localization import Localizer  # torch, faiss: after the cheap checks
+
+        self.localizer = Localizer(p["checkpoint"], p["database"], device=p["device"], top_k=p["top_k"],
+                                   force=p["force"])
+        self.min_confidence = p["min_confidence"]
+        self.utm_frame_id, self.fix_frame_id = p["utm_frame_id"], p["fix_frame_id"]
+        self.image_topic_param = p["image_topic"]
+        self.image_topic = self.resolve_topic_name(p["image_topic"])
+        self.slot: FrameSlot = FrameSlot()
+        self.stats = ProcessingStats()
+        self.subscription = None
+
+        self.fix_pub = self.create_publisher(NavSatFix, "fix", OUTPUT_DEPTH)
+        self.localization_pub = self.create_publisher(Localization, "localization", OUTPUT_DEPTH)
+        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "pose", OUTPUT_DEPTH)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", OUTPUT_DEPTH)
+        self.create_service(LocalizeImage, "~/localize", self._on_localize)
+        steady = Clock(clock_type=ClockType.STEADY_TIME)  # runs without /clock under use_sim_time
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=steady)
+
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="localizer-worker", daemon=True)
+        self._worker.start()
+
+        db = self.localizer.database
+        if not self.localizer.checkpoint_matches_database:
+            self.get_logger().warning(f"force: database {db.path} was built with another checkpoint than "
+                                      f"{self.localizer.checkpoint.name}; fixes may be meaningless")
+        if p["image_transport"] == "auto":
+            self._discovery_warned = False
+            self._discovery = self.create_timer(DISCOVERY_POLL_S, self._discover_transport, clock=steady)
+            waiting = f"; waiting for a publisher on {self.image_topic} to learn its type (image_transport auto)"
+        else:
+            self._subscribe(p["image_transport"])
+            waiting = ""
+        self.get_logger().info(
+            f"localizer ready: {self.localizer.model_note} on {self.localizer.device}, database {db.path} "
+            f"({len(db)} images), top_k {self.localizer.top_k}{waiting}"
+        )
+
+    # --- start-up ------------------------------------------------------------------------------
+    def _read_parameters(self) -> dict[str, Any]:
+        values = {}
+        for name, (default, description) in PARAMETERS.items():
+            descriptor = ParameterDescriptor(description=description, read_only=True)
+            try:
+                values[name] = self.declare_parameter(name, default, descriptor).value
+            except ParameterException as err:
+                raise VgsslError(f"parameter '{name}' must be a {TYPE_NAMES[type(default)]}: {err}") from None
+        for name in ("checkpoint", "database"):
+            if not values[name]:
+                raise VgsslError(f"parameter '{name}' is not set: pass -p {name}:=PATH (or set it in the params file)")
+        if values["image_transport"] not in (*TRANSPORTS, "auto"):
+            raise VgsslError(f"parameter 'image_transport' is {values['image_transport']!r}; "
+                             f"use one of {', '.join([*TRANSPORTS, 'auto'])}")
+        if values["top_k"] < 1:
+            raise VgsslError(f"parameter 'top_k' must be >= 1, got {values['top_k']}")
+        if not 0.0 <= values["min_confidence"] <= 1.0:
+            raise VgsslError(f"parameter 'min_confidence' must be in 0..1, got {values['min_confidence']}")
+        if values["cpu_threads"] < 0:
+            raise VgsslError(f"parameter 'cpu_threads' must be >= 0, got {values['cpu_threads']}")
+        if not values["image_topic"]:
+            raise VgsslError("parameter 'image_topic' is empty: name the camera topic")
+        return values
+
+    def _discover_transport(self) -> None:
+        """image_transport auto: subscribe once a publisher of a known image type appears."""
+        types = {info.topic_type for info in self.get_publishers_info_by_topic(self.image_topic)}
+        known = [TYPE_TRANSPORT[t] for t in sorted(types) if t in TYPE_TRANSPORT]
+        if known:
+            self.destroy_timer(self._discovery)
+            self._subscribe(known[0])
+        elif types and not self._discovery_warned:
+            self._discovery_warned = True
+            self.get_logger().error(f"{self.image_topic} carries {', '.join(sorted(types))}; expected "
+                                    f"{' or '.join(TYPE_TRANSPORT)} (set image_topic to the camera's image topic)")
+
+    def _subscribe(self, transport: str) -> None:
+        msg_type = TRANSPORTS[transport]
+        self.subscription = self.create_subscription(msg_type, self.image_topic_param, self.slot.put, IMAGE_QOS)
+        self.get_logger().info(f"subscribed to {self.image_topic} (sensor_msgs/{msg_type.__name__}, {transport})")
+
+    # --- the worker ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        """Localize the newest frame, publish, repeat; until :meth:`close`."""
+        while (frame := self.slot.take()) is not None:
+            try:
+                self._process(frame.msg, frame.received)
+            except Exception as err:  # a bug or a device error: keep serving, say so
+                if self._stopping.is_set() or not self.context.ok():
+                    return
+                self.stats.record_failure(f"{type(err).__name__}: {err}")
+                self.get_logger().error(f"localizing a frame failed: {type(err).__name__}: {err}",
+                                        throttle_duration_sec=WARN_EVERY_S)
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        try:
+            result = self.localizer.localize(image_to_rgb(msg))
+        except VgsslError as err:
+            self.stats.record_bad(str(err))
+            self.get_logger().warning(f"skipped a malformed image on {self.image_topic}: {err}",
+                                      throttle_duration_sec=WARN_EVERY_S)
+            return
+        stamp = msg.header.stamp
+        fix = navsatfix_msg(result, stamp, self.fix_frame_id or msg.header.frame_id, self.min_confidence)
+        pose = pose_msg(result, stamp, self.utm_frame_id) if has_fix(result, self.min_confidence) else None
+        latency = time.monotonic() - received
+        self.fix_pub.publish(fix)
+        self.localization_pub.publish(localization_msg(result, stamp, self.utm_frame_id, latency))
+        if pose is not None:
+            self.pose_pub.publish(pose)
+        self.stats.record_fix(latency)
+
+    # --- service and diagnostics -------------------------------------------------------------------
+    def _on_localize(self, request: LocalizeImage.Request, response: LocalizeImage.Response) -> LocalizeImage.Response:
+        start = time.monotonic()
+        image = request.compressed_image if request.use_compressed else request.image
+        try:
+            result = self.localizer.localize(image_to_rgb(image), top_k=request.top_k)
+        except VgsslError as err:
+            response.success, response.message = False, str(err)
+            return response
+        except Exception as err:  # never take the node down for one request
+            self.get_logger().error(f"~/localize failed: {type(err).__name__}: {err}")
+            response.success, response.message = False, f"internal error: {type(err).__name__}: {err}"
+            return response
+        response.localization = localization_msg(result, image.header.stamp, self.utm_frame_id,
+                                                 time.monotonic() - start)
+        response.success, response.message = True, "ok"
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        localizer = self.localizer
+        extra = {
+            "device": str(localizer.device),
+            "checkpoint": str(localizer.checkpoint),
+            "database": str(localizer.database.path),
+            "database_images": str(len(localizer.database)),
+            "min_confidence": f"{self.min_confidence:g}",
+        }
+        msg = diagnostics_msg(self.stats.snapshot(self.slot), self.get_clock().now().to_msg(),
+                              f"{self.get_name()}: visual localization", str(localizer.device),
+                              self.image_topic, extra)
+        self.diagnostics_pub.publish(msg)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker (it finishes the frame in hand, within ``timeout`` s)."""
+        self._stopping.set()
+        self.slot.close()
+        self._worker.join(timeout)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run vgssl_ros localizer`` and ``python -m vgssl_ros.localizer``."""
+    try:
+        rclpy.init(args=args)
+    except Exception as err:  # bad --ros-args (e.g. a params file that does not parse)
+        print(f"{NODE_NAME}: error: cannot start ROS: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    node = None
+    try:
+        try:
+            node = LocalizerNode()
+        except VgsslError as err:
+            get_logger(NODE_NAME).fatal(f"cannot start: {err}")
+            return EXIT_BAD_INPUT
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C: a normal way to stop a node
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
