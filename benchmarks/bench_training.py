@@ -1,0 +1,715 @@
+"""Training cost (issue 3): the real training step vs the model alone, and the epoch
+preparation of GeoPairs vs triplet hard-negative mining.
+
+(a) Step time of SimCLR-FC-1-2048 (R18-conv4-GeM, preset ``simclr-fc-1-2048-1``) at batch 16,
+    224x224. *pipeline*: the real ``vgssl train`` path, ``vgssl_core.training.train()`` itself
+    (Lightning Trainer + ``VgsslModule`` + DataLoader of ``GeoPairImages``: JPEG decode,
+    augmentation, place-aware batches, CSV logging) on a synthetic world rendered at 224x224; a
+    step is the period between two ``on_train_batch_start`` calls, over steps
+    ``warmup..warmup+steps`` whose batch and previous batch both hold 16 pairs. *model only*:
+    forward + backward + Adam step of the same method on batches of the same world already
+    collated in memory. Each worker count runs in a fresh subprocess that times model-only steps
+    before and after the training run, so the ratio compares like with like on a machine whose
+    load changes. A breakdown of the data path (decode, augmentation on 1 and on the process's
+    torch threads, per op; collate; loader alone), CPU seconds per step, and optionally a cProfile
+    of the run say where any difference goes.
+(b) Epoch preparation on the ``demo`` world at 160x120: ``GeoPairSampler.batches(epoch)`` (pairs
+    + place-aware batching) vs ``TripletMiner.triplets(epoch, VgsslModule._describe)`` in modes
+    partial and full (descriptor extraction of the cache with the model, faiss search, mining).
+    Each variant runs in a fresh subprocess whose baseline is taken after imports, the
+    ``VgsslModule`` (model, sampler / miner) and one warm-up descriptor batch; peak memory is the
+    larger of the peak-RSS increase over that baseline (VmHWM reset through
+    ``/proc/self/clear_refs``, else ``ru_maxrss``) and the tracemalloc peak of a second pass.
+    ``seconds`` is one epoch of this world (its 600 queries: one cache refresh); the projection
+    gives the benchmark's epoch (N queries, a refresh every 1000) at the ``full`` preset's size,
+    with GeoPair batching and the mining search measured on its real positions and descriptor
+    extraction priced at the measured seconds per image.
+
+    python benchmarks/bench_training.py [--quick] [--workers 0,1,2] [--repeats 1] [--profile] [--cache DIR]
+
+Synthetic worlds are rendered once into ``--cache`` (default /tmp/vgssl_bench_training; about
+4 minutes on 2 busy cores the first time) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEP_PRESET = REPO / "config" / "strategies" / "simclr-fc-1-2048-1.yaml"
+MINING_PRESETS = {"partial": REPO / "config" / "strategies" / "triplet-partial.yaml",
+                  "full": REPO / "config" / "strategies" / "triplet-full.yaml"}
+STEP_SIZE = (224, 224)  # (height, width) of (a); square, so (width, height) for the renderer too
+BATCH = 16
+PREP_SIZE = (120, 160)  # (height, width) of (b): the synthetic world's native size
+RESULT = "RESULT "  # a child process prints its result on one line after this marker
+
+
+# -- worlds ---------------------------------------------------------------------------------
+def world(cache: Path, preset: str, hw: tuple[int, int]) -> Path:
+    """A synthetic world rendered at ``hw`` (height, width), generated once into ``cache``."""
+    from vgssl_core.synth import generate_world
+
+    root = cache / f"{preset}-{hw[1]}x{hw[0]}"
+    try:
+        meta = json.loads((root / "world.json").read_text())
+        if meta["preset"] == preset and meta["image_size"] == [hw[1], hw[0]] and meta["seed"] == 0:
+            return root
+    except (OSError, ValueError, KeyError):
+        pass
+    print(f"rendering the '{preset}' world at {hw[1]}x{hw[0]} into {root} (once) ...", flush=True)
+    generate_world(root, preset, 0, image_size=(hw[1], hw[0]), progress=False)
+    return root
+
+
+# -- configs (the presets, with only what the benchmark needs changed) ------------------------
+def step_config(workers: int, max_steps: int) -> dict:
+    from vgssl_core.config import load_config
+
+    return load_config(STEP_PRESET, [
+        f"model.image_size=[{STEP_SIZE[0]},{STEP_SIZE[1]}]", f"data.batch_size={BATCH}", f"data.workers={workers}",
+        f"trainer.max_steps={max_steps}", "trainer.max_epochs=1", "trainer.val_split=null",
+        "trainer.test_split=null", "trainer.loggers=[csv]", "trainer.devices=1"])
+
+
+def prep_config(variant: str, workers: int) -> dict:
+    from vgssl_core.config import load_config
+
+    preset = STEP_PRESET if variant == "geopair" else MINING_PRESETS[variant]
+    return load_config(preset, [f"model.image_size=[{PREP_SIZE[0]},{PREP_SIZE[1]}]", f"data.workers={workers}"])
+
+
+def geopair_config(cfg: dict):
+    from vgssl_core.geopairs import GeoPairConfig
+
+    d = cfg["data"]
+    return GeoPairConfig(train_radius_m=d["train_radius_m"], eval_radius_m=d["eval_radius_m"],
+                         queries_per_epoch=d["queries_per_epoch"], db_negative_ratio=d["db_negative_ratio"],
+                         positive=d["positive"], batch_size=d["batch_size"], seed=cfg["trainer"]["seed"])
+
+
+def full_steps(data: Path, cfg: dict, first: int, last: int) -> list[int]:
+    """Steps in [first, last) whose batch and previous batch both hold ``BATCH`` pairs (place-aware
+    batching leaves a few smaller ones; they would make a step look cheaper)."""
+    from vgssl_core.dataset import load_split
+    from vgssl_core.geopairs import GeoPairSampler
+
+    sizes = [len(b) for b in GeoPairSampler(load_split(data, "train"), geopair_config(cfg)).shard(0)]
+    return [s for s in range(max(first, 1), min(last, len(sizes))) if sizes[s] == sizes[s - 1] == BATCH]
+
+
+# -- memory ---------------------------------------------------------------------------------
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(resettable: bool) -> float:
+    hwm = _status_kb("VmHWM") if resettable else None
+    return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+def rss_mb() -> float:
+    return (_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+
+
+# -- child processes ------------------------------------------------------------------------
+class ModelOnly:
+    """Forward + backward + Adam step of the pipeline's method on batches of its world already
+    collated in memory: the step with no data path and no Lightning."""
+
+    def __init__(self, data: Path, cfg: dict) -> None:
+        import torch
+
+        from vgssl_core.methods import build_method
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.method = build_method(cfg["method"], cfg["model"], cfg["method_config"]).to(self.device).train()
+        optim = cfg["optim"]
+        self.optimizer = torch.optim.Adam(self.method.trainable_parameters(), lr=optim["lr"],
+                                          weight_decay=optim["weight_decay"])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # set-up, not timed: augmentation is fastest on one thread, as in a worker
+        self.batches = [[t.to(self.device) for t in b] for b in _collated_batches(data, cfg, 4)]
+        torch.set_num_threads(threads)
+        self.done = 0
+
+    def run(self, warmup: int, steps: int) -> tuple[list[float], list[float]]:
+        """Wall and CPU seconds (all threads) of ``steps`` steps after ``warmup`` untimed ones."""
+        import torch
+
+        torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True (the config's default)
+        wall, cpu = [], []
+        for i in range(warmup + steps):
+            view_a, view_b, places = self.batches[self.done % len(self.batches)]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            loss = self.method.loss_pairs(view_a, view_b, places)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.method.after_optimizer_step(self.done, 10**6)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - start_cpu)
+            self.done += 1
+        return wall, cpu
+
+
+def child_pipeline(job: dict) -> dict:
+    """(a) one paired measurement: model-only steps, the real training run, model-only steps
+    again, all in this process, so that a change in the machine's load during the run hits
+    both sides of the ratio alike.
+
+    The run is ``vgssl_core.training.train()`` itself; its callback class is swapped for a
+    subclass that only reads the clock at ``on_train_batch_start`` / ``on_train_batch_end``.
+    A step's time is the period between two batch starts (data wait + forward + backward +
+    optimiser + Lightning); "compute" is start to end of the batch (no data wait).
+    """
+    import warnings
+
+    from vgssl_core.training import run as run_module
+
+    data, workers, warmup, steps = Path(job["data"]), job["workers"], job["warmup"], job["steps"]
+    cfg = step_config(workers, warmup + steps + 1)
+    model_only = ModelOnly(data, cfg)
+    before, before_cpu = model_only.run(2, job["model_steps"])
+    starts: list[float] = []
+    compute: list[float] = []
+
+    class TimedCallback(run_module.ValidateAndCheckpoint):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            starts.append(time.perf_counter())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            compute.append(time.perf_counter() - starts[-1])
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-train-", dir=job["tmp"]))
+    original = run_module.ValidateAndCheckpoint
+    run_module.ValidateAndCheckpoint = TimedCallback
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            run_module.train(cfg, data, run_dir, progress=False)
+            total = time.perf_counter() - start
+    finally:
+        run_module.ValidateAndCheckpoint = original
+        shutil.rmtree(run_dir, ignore_errors=True)
+    after, after_cpu = model_only.run(1, job["model_steps"])
+    timed = full_steps(data, cfg, warmup, len(starts))
+    period = [starts[s] - starts[s - 1] for s in timed]
+    inside = [compute[s - 1] for s in timed]
+    model = statistics.median(before + after)
+    pipeline = statistics.median(period)
+    return {"workers": workers, "pipeline_s": pipeline, "pipeline_min_s": min(period),
+            "compute_in_pipeline_s": statistics.median(inside), "model_only_s": model,
+            "model_only_before_s": statistics.median(before), "model_only_after_s": statistics.median(after),
+            "model_only_min_s": min(before + after), "model_only_cpu_s": statistics.median(before_cpu + after_cpu),
+            "ratio": pipeline / model, "ratio_of_fastest": min(period) / min(before + after),
+            "n": len(period), "run_s": total}
+
+
+def _collated_batches(data: Path, cfg: dict, count: int) -> list:
+    """The first ``count`` full batches of epoch 0, as the DataLoader would hand them over."""
+    from torch.utils.data import default_collate
+
+    from vgssl_core.dataset import load_split
+    from vgssl_core.geopairs import GeoPairSampler
+    from vgssl_core.training.data import GeoPairImages
+
+    split = load_split(data, "train")
+    dataset = GeoPairImages(split, cfg["model"]["image_size"], cfg["data"]["augment"])
+    plan = [b for b in GeoPairSampler(split, geopair_config(cfg)).shard(0) if len(b) == BATCH][:count]
+    return [default_collate([dataset[p] for p in b]) for b in plan]
+
+
+def child_breakdown(job: dict) -> dict:
+    """(a) where the data path's time goes, per batch of 16 pairs, in the main process."""
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from vgssl_core.dataset import load_image, load_split
+    from vgssl_core.geopairs import QUERY, EpochBatches, GeoPairSampler
+    from vgssl_core.training.data import GeoPairImages
+    from vgssl_core.transforms import seeded
+
+    data = Path(job["data"])
+    cfg = step_config(0, 1)
+    split = load_split(data, "train")
+    dataset = GeoPairImages(split, cfg["model"]["image_size"], cfg["data"]["augment"])
+    sampler = GeoPairSampler(split, geopair_config(cfg))
+    batch = next(b for b in sampler.shard(0) if len(b) == BATCH)
+
+    def path_a(p):
+        return split.queries.paths[p.a] if p.kind == QUERY else split.database.paths[p.a]
+
+    def timed(fn, repeats=3, clock=time.perf_counter):
+        out = []
+        for _ in range(repeats):
+            start = clock()
+            fn()
+            out.append(clock() - start)
+        return statistics.median(out)
+
+    result: dict = {"torch_threads": torch.get_num_threads()}
+    result["decode_s"] = timed(lambda: [load_image(path_a(p)) for p in batch] +
+                               [load_image(split.database.paths[p.b]) for p in batch])
+    images = [load_image(path_a(p)) for p in batch]
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        repeats = 3 if threads == 1 else 1  # many threads can be very slow here: once is enough
+        result[f"augment_s_{threads}_thread"] = timed(lambda: [seeded(dataset.augmented, im, i) for i, im in enumerate(images)], repeats)
+        result[f"plain_s_{threads}_thread"] = timed(lambda: [dataset.plain(im) for im in images], repeats)
+        # a whole batch of items, as a worker (1 thread) or the main process with workers=0 makes it
+        result[f"item_s_{threads}_thread"] = timed(lambda: [dataset[p] for p in batch], repeats)
+    # what a worker (1 thread) spends on a batch, in CPU seconds: the share it takes from the model
+    torch.set_num_threads(1)
+    result["item_cpu_s_1_thread"] = timed(lambda: [dataset[p] for p in batch], 3, time.process_time)
+    torch.set_num_threads(result["torch_threads"])
+    items = [dataset[p] for p in batch]
+    result["collate_s"] = timed(lambda: default_collate(items))
+    one = dataset.augmented
+    image = images[0]
+    per_op = {}
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        x = image
+        for op in one.transforms:
+            per_op.setdefault(type(op).__name__, {})[threads] = timed(lambda: op(x), 3) * BATCH
+            x = op(x)
+    torch.set_num_threads(result["torch_threads"])
+    result["augment_ops_s_per_batch"] = per_op  # op -> {threads: seconds for 16 images}
+    loaders = {"0": result[f"item_s_{result['torch_threads']}_thread"] + result["collate_s"]}  # what workers=0 does
+    for workers in (w for w in job["workers"] if w > 0):
+        batches = EpochBatches(sampler)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+        it = iter(loader)
+        next(it)  # worker start-up and the first batch
+        start = time.perf_counter()
+        n = 0
+        for _ in range(job["loader_batches"]):
+            next(it)
+            n += 1
+        loaders[str(workers)] = (time.perf_counter() - start) / n
+        del it
+    result["loader_s_per_batch"] = loaders  # data alone, no model: workers -> seconds per batch
+    return result
+
+
+def child_prepare(job: dict) -> dict:
+    """(b) one epoch's preparation of one variant, time and peak memory over a fixed baseline."""
+    import gc
+    import tracemalloc
+
+    import numpy as np
+
+    from vgssl_core.dataset import load_split
+    from vgssl_core.training.module import VgsslModule
+
+    variant = job["variant"]
+    cfg = prep_config(variant, job["describe_workers"])
+    split = load_split(job["data"], "train")
+    module = VgsslModule(cfg, split)
+    module._describe("database", np.arange(min(len(split.database), cfg["trainer"]["eval_batch_size"])))  # warm-up
+    described: list[int] = []
+
+    def describe(side: str, indices: np.ndarray) -> np.ndarray:
+        described.append(len(indices))
+        return module._describe(side, indices)
+
+    def epoch(e: int):
+        return module.sampler.batches(e) if variant == "geopair" else module.miner.triplets(e, describe)
+
+    gc.collect()
+    base = rss_mb()
+    resettable = reset_peak_rss()
+    if not resettable:
+        base = peak_rss_mb(False)  # ru_maxrss cannot be reset: compare with the peak so far
+    start = time.perf_counter()
+    plan = epoch(0)
+    seconds = [time.perf_counter() - start]
+    rss_peak = max(peak_rss_mb(resettable) - base, 0.0)
+    n_items, n_described = len(plan), sum(described)
+    del plan
+    for e in range(1, job["time_repeats"]):  # cheap variants: more epochs for a stable median
+        start = time.perf_counter()
+        epoch(e)
+        seconds.append(time.perf_counter() - start)
+    traced = None
+    if job["tracemalloc"]:
+        gc.collect()
+        tracemalloc.start()
+        epoch(job["time_repeats"])
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    out = {"seconds": statistics.median(seconds), "seconds_first_epoch": seconds[0], "rss_peak_mb": rss_peak,
+           "tracemalloc_peak_mb": traced, "peak_mb": max(rss_peak, traced or 0.0), "items": n_items,
+           "described_images": n_described, "rss_resettable": resettable,
+           "database": len(split.database), "queries": len(split.queries)}
+    if variant != "geopair":
+        per_refresh = int(cfg["mining"]["cache_refresh_queries"])
+        out["queries_per_refresh"] = min(per_refresh, len(module.miner.usable))
+        # the benchmark's epoch: every usable query once, the cache refreshed every 1000 of them
+        out["refreshes_per_epoch"] = math.ceil(len(module.miner.usable) / per_refresh)
+    else:
+        out["queries_per_epoch"] = module.sampler.n_query_pairs()
+    return out
+
+
+def child_projection(job: dict) -> dict:
+    """(b) the benchmark's epoch at the ``full`` preset's size, on its real capture positions:
+    GeoPair batching and the mining's search + bookkeeping measured (descriptors random; no
+    images exist), and how many images each refresh describes."""
+    import numpy as np
+
+    from vgssl_core.dataset import GeoSplit, ImageSet
+    from vgssl_core.geo import GeoTag
+    from vgssl_core.geopairs import GeoPairSampler
+    from vgssl_core.synth.captures import plan_captures
+    from vgssl_core.synth.city import LETTER, ZONE, City, blocks_for_length
+    from vgssl_core.synth.presets import PRESETS
+    from vgssl_core.training.mining import TripletMiner
+
+    preset = PRESETS[job["preset"]]
+    n_db, n_q = preset.counts("train")
+    city = City(seed=0, district=0, blocks=blocks_for_length(n_db * preset.db_spacing_m), image_size=(160, 120))
+    db, queries = plan_captures(city, n_db, n_q, 0)
+
+    def images(captures, side):
+        return ImageSet([Path(f"{side}{c.index}.jpg") for c in captures],
+                        [GeoTag(c.east, c.north, ZONE, LETTER) for c in captures])
+
+    split = GeoSplit(Path(job["preset"]), "train", images(db, "database"), images(queries, "queries"), ZONE, LETTER)
+    out: dict = {"preset": job["preset"], "database": n_db, "queries": n_q}
+    cfg = prep_config("geopair", 0)
+    sampler = GeoPairSampler(split, geopair_config(cfg))
+    start = time.perf_counter()
+    sampler.batches(0)
+    out["geopair"] = {"seconds": time.perf_counter() - start, "queries_per_epoch": sampler.n_query_pairs()}
+    rng = np.random.default_rng(0)
+    for variant in ("partial", "full"):
+        cfg = prep_config(variant, 0)
+        miner = TripletMiner(split, cfg["mining"], cfg["data"], 0)
+        described: list[int] = []
+
+        def describe(side: str, indices: np.ndarray) -> np.ndarray:
+            described.append(len(indices))
+            return rng.standard_normal((len(indices), 256), dtype=np.float32)  # R18-conv4-GeM: 256-D
+
+        start = time.perf_counter()
+        miner.triplets(0, describe)
+        per_refresh = int(cfg["mining"]["cache_refresh_queries"])
+        out[variant] = {"search_and_mining_s_per_refresh": time.perf_counter() - start,
+                        "described_per_refresh": sum(described),
+                        "refreshes_per_epoch": math.ceil(len(miner.usable) / per_refresh)}
+    return out
+
+
+def child_profile(job: dict) -> dict:
+    """(a) cProfile of the real training path (main process): where a step's wall time goes."""
+    import cProfile
+    import pstats
+    import warnings
+
+    from vgssl_core.training import train
+
+    data, workers = Path(job["data"]), job["workers"]
+    cfg = step_config(workers, job["warmup"] + job["steps"] + 1)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-profile-", dir=job["tmp"]))
+    profiler = cProfile.Profile()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            profiler.enable()
+            train(cfg, data, run_dir, progress=False)
+            profiler.disable()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, ncalls, tottime, cumtime, callers)
+
+    def cumulative(file_part: str, name: str) -> tuple[float, int]:
+        hits = [(v[3], v[1]) for (f, _, n), v in stats.items() if n == name and file_part in f.replace(os.sep, "/")]
+        return max(hits, default=(0.0, 0))
+
+    parts = {  # (file, function): each a disjoint part of the training loop's main-process time
+        "fetch batch (DataLoader __next__)": ("torch/utils/data/dataloader.py", "__next__"),
+        "forward + loss (loss_pairs)": ("vgssl_core/methods/simclr.py", "loss_pairs"),
+        "backward": ("torch/autograd/__init__.py", "backward"),
+        "Adam update": ("torch/optim/adam.py", "adam"),
+        "zero_grad": ("torch/optim/optimizer.py", "zero_grad"),
+        "self.log": ("pytorch_lightning/core/module.py", "log"),
+        "logger (CSV) writes": ("pytorch_lightning/trainer/connectors/logger_connector/logger_connector.py", "log_metrics"),
+        "train dataloader setup (epoch plan, workers start)": ("pytorch_lightning/loops/fit_loop.py", "setup_data"),
+    }
+    out = {name: {"s": cumulative(*where)[0], "calls": cumulative(*where)[1]} for name, where in parts.items()}
+    loop = cumulative("pytorch_lightning/loops/fit_loop.py", "run")[0]
+    out["training loop (fit_loop.run)"] = {"s": loop, "calls": 1}
+    accounted = sum(v["s"] for k, v in out.items() if k != "training loop (fit_loop.run)")
+    out["rest of Lightning's loop"] = {"s": max(loop - accounted, 0.0), "calls": 0}
+    return {"workers": workers, "steps": job["warmup"] + job["steps"] + 1, "parts": out}
+
+
+CHILDREN = {"profile": child_profile, "pipeline": child_pipeline, "breakdown": child_breakdown,
+            "prepare": child_prepare, "projection": child_projection}
+
+
+def spawn(job: dict) -> dict:
+    """Run one measurement in a fresh interpreter; its result comes back as one JSON line."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"benchmark child {job['task']} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+# -- the benchmark --------------------------------------------------------------------------
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def bench_step(data: Path, args, tmp: Path) -> dict:
+    runs: dict[str, list[dict]] = {str(w): [] for w in args.workers}
+    for r in range(args.repeats):
+        for w in args.workers:
+            job = {"task": "pipeline", "data": str(data), "tmp": str(tmp), "warmup": args.warmup,
+                   "steps": args.steps, "model_steps": args.model_steps, "workers": w}
+            res = spawn(job)
+            runs[str(w)].append(res)
+            print(f"  repeat {r + 1}/{args.repeats}, {w} worker(s): pipeline {res['pipeline_s']:.3f} s/step "
+                  f"(compute inside {res['compute_in_pipeline_s']:.3f}), model only {res['model_only_s']:.3f} "
+                  f"({res['model_only_before_s']:.3f} before, {res['model_only_after_s']:.3f} after) -> "
+                  f"{res['ratio']:.2f} (fastest steps: {res['pipeline_min_s']:.3f} / {res['model_only_min_s']:.3f} -> "
+                  f"{res['ratio_of_fastest']:.2f})  load {load_average()[0]}", flush=True)
+
+    def med(w: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs[w])
+
+    best = min(args.workers, key=lambda w: med(str(w), "ratio"))
+    model_only = statistics.median(x["model_only_s"] for v in runs.values() for x in v)
+    breakdown = spawn({"task": "breakdown", "data": str(data), "workers": args.workers,
+                       "loader_batches": args.loader_batches})
+    model_cpu = statistics.median(x["model_only_cpu_s"] for v in runs.values() for x in v)
+    data_cpu = breakdown["item_cpu_s_1_thread"] + breakdown["collate_s"]
+    # with >= 1 worker on cores the model already fills, the workers' CPU time is taken from the
+    # model: the ratio to expect from CPU seconds alone, whatever the machine's load
+    estimate = {"model_cpu_s_per_step": round(model_cpu, 3), "data_cpu_s_per_batch": round(data_cpu, 3),
+                "ratio_with_workers_est": round(1 + data_cpu / model_cpu, 3)}
+    profile = None
+    if args.profile:
+        profile = spawn({"task": "profile", "data": str(data), "tmp": str(tmp), "warmup": args.warmup,
+                         "steps": args.steps, "workers": best if args.profile_workers is None else args.profile_workers})
+    b = str(best)
+    return {
+        "pipeline_s": round(med(b, "pipeline_s"), 4), "model_only_s": round(med(b, "model_only_s"), 4),
+        "ratio": round(med(b, "ratio"), 3), "workers": best, "batch": BATCH, "size": list(STEP_SIZE),
+        "ratio_of_fastest": round(med(b, "ratio_of_fastest"), 3),  # least disturbed by other processes' load
+        "by_workers": {w: {"pipeline_s": round(med(w, "pipeline_s"), 4),
+                           "compute_in_pipeline_s": round(med(w, "compute_in_pipeline_s"), 4),
+                           "model_only_s": round(med(w, "model_only_s"), 4), "ratio": round(med(w, "ratio"), 3),
+                           "pipeline_min_s": round(med(w, "pipeline_min_s"), 4),
+                           "model_only_min_s": round(med(w, "model_only_min_s"), 4),
+                           "ratio_of_fastest": round(med(w, "ratio_of_fastest"), 3)}
+                       for w in runs},
+        "model_only_s_all_runs": round(model_only, 4),
+        "runs": runs, "timed_steps": f"{args.warmup}..{args.warmup + args.steps} (full batches only)",
+        "breakdown": breakdown, "cpu_estimate": estimate, "profile": profile,
+    }
+
+
+def bench_preparation(data: Path, args) -> dict:
+    out: dict = {}
+    for variant in ("geopair", "partial", "full"):
+        job = {"task": "prepare", "variant": variant, "data": str(data), "describe_workers": args.describe_workers,
+               "time_repeats": 5 if variant == "geopair" else 1,
+               "tracemalloc": variant == "geopair" or args.tracemalloc_mining}
+        out[variant] = spawn(job)
+        r = out[variant]
+        print(f"  {variant:>8}: {r['seconds']:.3f} s, peak {r['peak_mb']:.1f} MB (RSS {r['rss_peak_mb']:.1f}, "
+              f"tracemalloc {r['tracemalloc_peak_mb'] if r['tracemalloc_peak_mb'] is not None else '-'})  "
+              f"load {load_average()[0]}", flush=True)
+    geo = out["geopair"]
+    for variant in ("partial", "full"):
+        r = out[variant]
+        r["seconds_per_refresh"] = r["seconds"]
+        r["s_per_described_image"] = r["seconds"] / max(r["described_images"], 1)
+        r["seconds"] = r["seconds_per_epoch"] = r["seconds_per_refresh"] * r["refreshes_per_epoch"]
+        out[f"time_ratio_{variant}"] = round(r["seconds"] / geo["seconds"], 1)
+        out[f"time_ratio_{variant}_per_refresh"] = round(r["seconds_per_refresh"] / geo["seconds"], 1)
+        out[f"memory_ratio_{variant}"] = round(r["peak_mb"] / max(geo["peak_mb"], 1e-3), 1)
+    if not args.quick:
+        proj = spawn({"task": "projection", "preset": "full"})
+        s_img = statistics.median(out[v]["s_per_described_image"] for v in ("partial", "full"))
+        for variant in ("partial", "full"):
+            p = proj[variant]
+            p["seconds_per_refresh_est"] = p["search_and_mining_s_per_refresh"] + p["described_per_refresh"] * s_img
+            p["seconds_per_epoch_est"] = p["seconds_per_refresh_est"] * p["refreshes_per_epoch"]
+            proj[f"time_ratio_{variant}_per_epoch_est"] = round(p["seconds_per_epoch_est"] / proj["geopair"]["seconds"], 1)
+        proj["s_per_described_image"] = s_img
+        out["projection"] = proj
+    return out
+
+
+def print_tables(result: dict) -> None:
+    s = result.get("step")
+    if s:
+        print("\n(a) training step, SimCLR-FC-1-2048 R18-conv4-GeM, batch 16, 224x224 (median s/step)")
+        print("| data-loader workers | pipeline s/step | of which compute (no data wait) | model only s/step (same process) "
+              "| ratio | fastest step: pipeline / model only | ratio of fastest |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for w, r in s["by_workers"].items():
+            mark = " (best)" if int(w) == s["workers"] else ""
+            print(f"| {w}{mark} | {r['pipeline_s']:.3f} | {r['compute_in_pipeline_s']:.3f} | {r['model_only_s']:.3f} | "
+                  f"{r['ratio']:.2f} | {r['pipeline_min_s']:.3f} / {r['model_only_min_s']:.3f} | {r['ratio_of_fastest']:.2f} |")
+        b = s["breakdown"]
+        n = b["torch_threads"]
+        print(f"\n    data path per batch of 16 pairs, main process ({n} torch threads): "
+              f"decode 32 JPEGs {b['decode_s']:.3f} s; augment 16 views {b[f'augment_s_{n}_thread']:.3f} s "
+              f"({b['augment_s_1_thread']:.3f} s at 1 thread); plain 16 {b[f'plain_s_{n}_thread']:.3f} s; "
+              f"whole items {b[f'item_s_{n}_thread']:.3f} s ({b['item_s_1_thread']:.3f} s at 1 thread); "
+              f"collate {b['collate_s']:.3f} s")
+        ops = ", ".join(f"{op} " + "/".join(f"{v:.3f}" for v in by.values()) for op, by in b["augment_ops_s_per_batch"].items())
+        print(f"    augmentation ops, s per 16 views at {'/'.join(map(str, sorted({1, n})))} thread(s): {ops}")
+        print("    data loader alone, s/batch by workers: " +
+              ", ".join(f"{w}: {t:.3f}" for w, t in b["loader_s_per_batch"].items()))
+        e = s["cpu_estimate"]
+        print(f"    CPU seconds: model {e['model_cpu_s_per_step']:.3f} per step, data {e['data_cpu_s_per_batch']:.3f} per batch "
+              f"(1 thread) -> ratio to expect with workers on saturated cores {e['ratio_with_workers_est']:.2f}")
+        if s.get("profile"):
+            prof = s["profile"]
+            print(f"\n    cProfile of the pipeline, main process, {prof['workers']} worker(s), {prof['steps']} steps "
+                  f"(whole run, warm-up included):")
+            print("    | part | s | calls |\n    |---|---:|---:|")
+            for name, v in prof["parts"].items():
+                print(f"    | {name} | {v['s']:.2f} | {v['calls']} |")
+    p = result.get("preparation")
+    if p:
+        g = p["geopair"]
+        print(f"\n(b) epoch preparation, world {PREP_SIZE[1]}x{PREP_SIZE[0]} ({g['database']} database, {g['queries']} "
+              f"queries; GeoPair: one epoch; mining: one cache refresh of {p['partial']['queries_per_refresh']} queries, "
+              f"{p['partial']['refreshes_per_epoch']} per epoch)")
+        print("| variant | s per refresh | s per epoch | peak MB | RSS MB | tracemalloc MB | images described | time x | memory x |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for v in ("geopair", "partial", "full"):
+            r = p[v]
+            tm = "-" if r["tracemalloc_peak_mb"] is None else f"{r['tracemalloc_peak_mb']:.1f}"
+            tx = "1" if v == "geopair" else p[f"time_ratio_{v}"]
+            mx = "1" if v == "geopair" else p[f"memory_ratio_{v}"]
+            per_refresh = "-" if v == "geopair" else f"{r['seconds_per_refresh']:.3f}"
+            per_epoch = r["seconds"] if v == "geopair" else r["seconds_per_epoch"]
+            print(f"| {v} | {per_refresh} | {per_epoch:.3f} | {r['peak_mb']:.1f} | {r['rss_peak_mb']:.1f} | {tm} | "
+                  f"{r['described_images']} | {tx} | {mx} |")
+        proj = p.get("projection")
+        if proj:
+            print(f"\n    benchmark epoch at the '{proj['preset']}' preset's size ({proj['database']} database, "
+                  f"{proj['queries']} queries; a refresh every 1000 queries; extraction at "
+                  f"{proj['s_per_described_image'] * 1000:.1f} ms/image as measured above):")
+            print(f"    geopair: {proj['geopair']['seconds']:.3f} s per epoch (measured)")
+            for v in ("partial", "full"):
+                r = proj[v]
+                print(f"    {v}: {r['refreshes_per_epoch']} refreshes x ({r['described_per_refresh']} images + "
+                      f"{r['search_and_mining_s_per_refresh']:.2f} s search/mining) = {r['seconds_per_epoch_est']:.0f} s "
+                      f"per epoch (est.), {proj[f'time_ratio_{v}_per_epoch_est']}x GeoPair")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat, worker counts 0 and 1")
+    parser.add_argument("--workers", default=None, help="data-loader worker counts to try (default 0,1,2)")
+    parser.add_argument("--repeats", type=int, default=None, help="paired runs per worker count (default 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out at the start (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="steps timed after the warm-up (default 15; 8 with --quick)")
+    parser.add_argument("--model-steps", type=int, default=None,
+                        help="model-only steps timed before and after each run (default 6; 4 with --quick)")
+    parser.add_argument("--loader-batches", type=int, default=None, help="batches timed for the loader alone")
+    parser.add_argument("--describe-workers", type=int, default=0,
+                        help="data-loader workers of descriptor extraction in (b) (0: its memory is all in one process)")
+    parser.add_argument("--tracemalloc-mining", action="store_true",
+                        help="also a tracemalloc pass for the mining variants (one more extraction each; their "
+                             "peak is the RSS one: torch's tensors are not traced)")
+    parser.add_argument("--profile", action="store_true", help="also one cProfile'd pipeline run (where its time goes)")
+    parser.add_argument("--profile-workers", type=int, default=None, help="workers of the profiled run (default: the best)")
+    parser.add_argument("--only", choices=("step", "preparation"), default=None)
+    parser.add_argument("--cache", default="/tmp/vgssl_bench_training", help="where the synthetic worlds are kept")
+    parser.add_argument("--out", default="bench_results/training.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        job = json.loads(args.child)
+        print(RESULT + json.dumps(CHILDREN[job["task"]](job)), flush=True)
+        return
+    quick = args.quick
+    args.workers = [int(w) for w in (args.workers or ("0,1" if quick else "0,1,2")).split(",")]
+    args.repeats = args.repeats or 1
+    args.warmup = args.warmup if args.warmup is not None else 3
+    args.steps = args.steps or (8 if quick else 15)
+    args.model_steps = args.model_steps or (4 if quick else 6)
+    args.loader_batches = args.loader_batches or (3 if quick else 6)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    started, load_start = time.perf_counter(), load_average()
+    result: dict = {"machine": machine(), "load_average_start": load_start, "quick": quick}
+    if args.only in (None, "step"):
+        data = world(cache, "demo", STEP_SIZE)
+        print(f"(a) step time on {data} ...", flush=True)
+        result["step"] = bench_step(data, args, cache)
+    if args.only in (None, "preparation"):
+        data = world(cache, "tiny" if quick else "demo", PREP_SIZE)
+        print(f"(b) epoch preparation on {data} ...", flush=True)
+        result["preparation"] = bench_preparation(data, args)
+    result["load_average_end"] = load_average()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(result)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = REPO / out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nload average {load_start} -> {result['load_average_end']}; {result['seconds']} s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
