@@ -37,6 +37,7 @@ test-ros: setup
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf build install log runs .pytest_cache
