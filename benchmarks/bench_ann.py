@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=30, help="queries timed one by one")
     parser.add_argument("--kinds", default="ivfpq,hnsw")
     parser.add_argument("--nprobe-sweep", default="16,64", help="ivfpq: nprobe values also measured")
-    parser.add_argument("--efsearch-sweep", default="64,256,512", help="hnsw: ef_search values also measured")
+    parser.add_argument("--efsearch-sweep", default="128,1024", help="hnsw: ef_search values also measured")
     parser.add_argument("--step", type=float, default=0.05, help="per-dimension drift between consecutive images")
     parser.add_argument("--latent", type=int, default=64,
                         help="intrinsic dimension of the street centres (0: isotropic, the worst case)")

@@ -707,6 +707,14 @@ def main() -> None:
     if not out.is_absolute():
         out = REPO / out
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only and out.is_file():  # one part re-measured: keep the other part of the earlier run
+        try:
+            earlier = json.loads(out.read_text())
+        except ValueError:
+            earlier = {}
+        other = "preparation" if args.only == "step" else "step"
+        if other in earlier:
+            result[other] = earlier[other]
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nload average {load_start} -> {result['load_average_end']}; {result['seconds']} s; wrote {out}")
 

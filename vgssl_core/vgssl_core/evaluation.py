@@ -33,7 +33,11 @@ def load_descriptor_model(
     """(model in eval mode, its config, a one-line note on where the weights came from)."""
     if ckpt is None:
         cfg = resolve_model_config(overrides)
-        model = build_model(cfg)
+        # Without ImageNet weights the untrained descriptor is a random network: seed it, so the
+        # baseline every table compares against is the same network in every run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(cfg)
         return model.eval(), cfg, getattr(model, "init_note", "untrained descriptor")
     raw = read_checkpoint(ckpt)
     cfg, state = descriptor_weights(raw)

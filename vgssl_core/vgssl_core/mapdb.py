@@ -344,7 +344,10 @@ INDEX_PARAMS: dict[str, dict[str, Any]] = {
     # descriptors.npy (memory-mapped: only those rows are read). None: chosen from N and D.
     "ivfpq": {"nlist": None, "m": None, "nbits": 8, "nprobe": 32, "rerank": 64, "train_size": 65536},
     # HNSW (Malkov & Yashunin, TPAMI 2020): M links per node; ef_search candidates per query.
-    "hnsw": {"M": 32, "ef_construction": 64, "ef_search": 128},
+    # A map is tight clusters (consecutive frames of a street look alike) that a sparse graph
+    # cannot cross: at 1M x 1024, M=32 / ef_search=128 found the exact top-1 for only 56% of
+    # queries (benchmarks/bench_ann.py), hence the dense graph and wide beam.
+    "hnsw": {"M": 64, "ef_construction": 128, "ef_search": 512},
 }
 _ADD_CHUNK = 65536  # rows handed to faiss at a time: the build never copies the whole matrix
 

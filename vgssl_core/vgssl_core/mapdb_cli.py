@@ -25,9 +25,9 @@ def _index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pq-nbits", type=int, help="ivfpq: bits per sub-quantizer code (default 8)")
     g.add_argument("--nprobe", type=int, help="ivfpq: cells scanned per query (default 32)")
     g.add_argument("--rerank", type=int, help="ivfpq: candidates re-scored exactly (default 64; 0: none)")
-    g.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
-    g.add_argument("--ef-construction", type=int, help="hnsw: build-time beam width (default 64)")
-    g.add_argument("--ef-search", type=int, help="hnsw: search-time beam width (default 128)")
+    g.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 64)")
+    g.add_argument("--ef-construction", type=int, help="hnsw: build-time beam width (default 128)")
+    g.add_argument("--ef-search", type=int, help="hnsw: search-time beam width (default 512)")
 
 
 def index_spec_from_args(args: argparse.Namespace) -> dict:
