@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core import attention
 from vgssl_core.attention import (attention_shares, class_ids, geo_relevance, gradcam_maps, mask_path, pick_queries,
                                   read_mask, summarise_shares)

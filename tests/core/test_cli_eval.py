@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from testkit import run_cli
 
 
 def test_eval_json_and_descriptors_reproduce_recall(tiny_world, tmp_path):

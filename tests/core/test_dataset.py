@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORIGIN, make_dataset, write_geo_image
+from testkit import ORIGIN, make_dataset, write_geo_image
 from vgssl_core.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core.checkpoint import file_sha256
 from vgssl_core.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError

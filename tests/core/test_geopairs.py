@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import make_dataset
+from testkit import make_dataset
 from vgssl_core.dataset import load_split
 from vgssl_core.errors import VgsslError
 from vgssl_core.geopairs import DB_NEGATIVE, QUERY, EpochBatches, GeoPairConfig, GeoPairSampler

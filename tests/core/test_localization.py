@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
 from vgssl_core.localization import Localizer, estimate_fix

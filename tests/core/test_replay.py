@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core.bags import BagReader, BagWriter
 from vgssl_core.geo import format_image_name, utm_to_latlon
 from vgssl_core.localization import Localizer

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core import results
 from vgssl_core.config import load_config
 from vgssl_core.errors import VgsslError

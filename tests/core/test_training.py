@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from testkit import run_cli
 from vgssl_core.checkpoint import descriptor_weights, read_checkpoint
 from vgssl_core.methods import METHODS
 
