@@ -1,5 +1,7 @@
-"""Training cost (issue 3): the real training step vs the model alone, and the epoch
-preparation of GeoPairs vs triplet hard-negative mining.
+"""Training cost (issue 3): pipeline step vs model alone; GeoPair vs mining epoch preparation.
+
+How much the real training path adds to the model's own step, and what preparing an epoch
+costs with GeoPairs and with the triplet baseline's hard-negative mining.
 
 (a) Step time of SimCLR-FC-1-2048 (R18-conv4-GeM, preset ``simclr-fc-1-2048-1``) at batch 16,
     224x224. *pipeline*: the real ``vgssl train`` path, ``vgssl_core.training.train()`` itself
@@ -18,8 +20,11 @@ preparation of GeoPairs vs triplet hard-negative mining.
     partial and full (descriptor extraction of the cache with the model, faiss search, mining).
     Each variant runs in a fresh subprocess whose baseline is taken after imports, the
     ``VgsslModule`` (model, sampler / miner) and one warm-up descriptor batch; peak memory is the
-    larger of the peak-RSS increase over that baseline (VmHWM reset through
-    ``/proc/self/clear_refs``, else ``ru_maxrss``) and the tracemalloc peak of a second pass.
+    peak-RSS increase over that baseline (VmHWM reset through ``/proc/self/clear_refs``, else
+    ``ru_maxrss``), or the tracemalloc peak of a second pass where that is larger (GeoPair, whose
+    few freed MB the RSS can hide; ``--tracemalloc-mining`` adds the pass to mining, whose torch
+    tensors tracemalloc does not see). Extraction runs with ``--describe-workers`` (default 0, so
+    all of its memory is in the measured process).
     ``seconds`` is one epoch of this world (its 600 queries: one cache refresh); the projection
     gives the benchmark's epoch (N queries, a refresh every 1000) at the ``full`` preset's size,
     with GeoPair batching and the mining search measured on its real positions and descriptor
