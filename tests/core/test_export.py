@@ -144,3 +144,15 @@ def test_export_user_errors_are_one_line(world, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
     assert not (tmp_path / "m.ts").exists()
+
+
+def test_a_failed_export_leaves_the_earlier_one_intact(world):
+    ckpt, _, out = world
+    target = out / "kept.ts"
+    export_model(ckpt, "torchscript", target)
+    before = (target.read_bytes(), sidecar_path(target).read_text())
+    with pytest.raises(VgsslError, match="tolerance"):
+        export_model(ckpt, "torchscript", target, tolerance=-1.0)  # no export can pass: verification fails
+    assert (target.read_bytes(), sidecar_path(target).read_text()) == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no partial file left
+    load_exported(target)  # still loads: file and sidecar agree

@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,7 +135,8 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
     ``image_size`` [h, w] is the input size the export is made and verified at (default the
     model config's). The exported model's descriptors are compared with the checkpoint's on
     the CPU in fp32 at that size (batch 1 and 3) and, with ``dynamic``, at a second size; a
-    difference above ``tolerance`` removes the file and raises ``VgsslError``.
+    difference above ``tolerance`` raises ``VgsslError``. The file and its sidecar replace ``out``
+    only once verified: a failed export leaves an earlier one intact.
     """
     from .evaluation import load_descriptor_model
     from .models import resolve_model_config
@@ -152,13 +154,14 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         raise VgsslError(f"DeiT needs height and width divisible by 16, got {size[0]}x{size[1]}")
     module = SearchDescriptor(model.float().eval()).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
     example = _sample(2, size, seed=0)
     try:
         if fmt == "torchscript":
-            _export_torchscript(module, example, out)
+            _export_torchscript(module, example, partial)
         else:
-            _export_onnx(module, example, out, dynamic)
-        exported = _load_file(out, fmt, torch.device("cpu"))
+            _export_onnx(module, example, partial, dynamic)
+        exported = _load_file(partial, fmt, torch.device("cpu"))
         check = {"tolerance": tolerance, "max_abs_diff": {}}
         for i, check_size in enumerate(_check_sizes(size, dynamic)):
             worst = 0.0
@@ -176,7 +179,7 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
                                  f"{check_size[0]}x{check_size[1]} (tolerance {tolerance:g})"
                                  + ("; export without --dynamic" if i else ""))
     except BaseException:
-        out.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     normalized = bool(cfg["normalize_descriptor"])
     sidecar = {
@@ -186,7 +189,7 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export_format": fmt,
         "file": out.name,
-        "file_sha256": file_sha256(out),
+        "file_sha256": file_sha256(partial),
         "checkpoint": {"file": ckpt.name, "sha256": file_sha256(ckpt)},
         "model_config": {**cfg, "image_size": size},
         "preprocessing": {
@@ -202,7 +205,10 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         "normalized": normalized,
         "check": check,
     }
-    sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
+    side_partial = sidecar_path(partial)
+    side_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(partial, out)  # a moment with the new file and the old sidecar: its sha256 refuses it
+    os.replace(side_partial, sidecar_path(out))
     return sidecar
 
 
