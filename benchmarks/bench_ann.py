@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
 from vgssl_core.mapdb import ApproximateIndex, build_ann_index, resolve_index_spec
 
 CHUNK = 65536
@@ -49,16 +49,6 @@ def rss_mb() -> float:
     """Current resident set size of this process (Linux), MB."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs)"
 
 
 def structured_map(n: int, dim: int, n_queries: int, *, step: float, noise: float, latent: int = 64,

@@ -37,22 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any, Callable
 
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
+
 NOT_RUN = "not run"
-
-
-def this_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.node()} ({cpu}, {os.cpu_count()} CPUs)"
 
 
 class MissingKey(Exception):
@@ -182,9 +172,9 @@ def main() -> int:
     parser.add_argument("--results", default="bench_results", help="folder with the benchmarks' JSON files")
     args = parser.parse_args()
     table, machines = rows(Path(args.results))
-    print(f"machine: {this_machine()}")
+    print(f"machine: {machine()}")
     for name, text in machines.items():
-        if text != this_machine():
+        if text != machine():
             print(f"  {name}.json was measured on: {text}")
     header = ["promise", "measured", "target", "status", "from"]
     widths = [max(len(str(r[i])) for r in table + [header]) for i in range(len(header))]

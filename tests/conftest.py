@@ -1,11 +1,11 @@
-"""Fixtures shared by the core and ROS suites: small hand-made geo-tagged datasets."""
+"""Fixtures shared by the core and ROS suites: small geo-tagged datasets and a tiny trained model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from testkit import make_dataset
+from testkit import TinyModel, make_dataset, train_tiny
 
 
 @pytest.fixture
@@ -24,3 +24,21 @@ def tiny_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("worlds") / "tiny"
     generate_world(root, preset="tiny", seed=0, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_world, tmp_path_factory):
+    """``tiny_model(height=64, width=96)`` -> ``TinyModel``: a 2-step SimCLR checkpoint on the tiny world
+    at that input size and the database of its test split, made once per size and session.
+
+    Shared by every test that needs one: read it, never change it (copy the database first).
+    """
+    made: dict[tuple[int, int], TinyModel] = {}
+
+    def get(height: int = 64, width: int = 96) -> TinyModel:
+        if (height, width) not in made:
+            made[height, width] = train_tiny(tiny_world, tmp_path_factory.mktemp(f"tiny_{height}x{width}"),
+                                             (height, width))
+        return made[height, width]
+
+    return get

@@ -1,4 +1,5 @@
-"""Helpers shared by the test suites: hand-made geo-tagged datasets and the in-process CLI.
+"""Helpers shared by the test suites: hand-made geo-tagged datasets, the in-process CLI, and the
+2-step checkpoint (+ its map database) that the tests of everything downstream of training use.
 
 A module with a name of its own (not ``conftest``): ``tests/ros/conftest.py`` would otherwise
 answer ``from conftest import ...`` whenever a ROS test file is collected first.
@@ -6,6 +7,8 @@ answer ``from conftest import ...`` whenever a ROS test file is collected first.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +44,35 @@ def run_cli(*args: str) -> int:
     from vgssl_core.cli import main
 
     return main([str(a) for a in args])
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A checkpoint trained for 2 steps on the ``tiny`` world and the database of its test split."""
+
+    ckpt: Path  # RUN/last.ckpt
+    db: Path  # `vgssl build-db` folder
+    build_report: dict  # the JSON `vgssl build-db --json` wrote
+
+
+def train_tiny(world: Path, out: Path, image_size=(64, 96)) -> TinyModel:
+    """SimCLR, FC-1-64 head, 2 steps at ``image_size`` (height, width): ``OUT/run``, then ``OUT/db``.
+
+    One torch thread while it trains: on 2 shared cores, two threads that fight are slower.
+    """
+    import torch
+
+    h, w = image_size
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_cli("train", "--data", world, "--out", out / "run", "--max-steps", "2", "--quiet",
+                       "method=simclr", "data.batch_size=6", "data.workers=0", f"model.image_size=[{h},{w}]",
+                       "model.head_layers=1", "model.head_dim=64", "trainer.val_split=null",
+                       "trainer.test_split=null") == 0
+        ckpt = out / "run" / "last.ckpt"
+        assert run_cli("build-db", "--data", world, "--ckpt", ckpt, "--out", out / "db", "--json", out / "db.json",
+                       "--quiet") == 0
+    finally:
+        torch.set_num_threads(threads)
+    return TinyModel(ckpt, out / "db", json.loads((out / "db.json").read_text()))

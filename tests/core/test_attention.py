@@ -1,6 +1,7 @@
 """Grad-CAM of descriptor models and the share of attention on geo-relevant classes."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +14,10 @@ from vgssl_core.attention import (attention_shares, class_ids, geo_relevance, gr
                                   read_mask, summarise_shares)
 from vgssl_core.evaluation import load_descriptor_model
 
-TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
-         "model.image_size=[64,96]", "model.head_layers=1", "model.head_dim=64",
-         "trainer.val_split=null", "trainer.test_split=null"]
-
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cam_run")
-    assert run_cli("train", "--data", tiny_world, "--out", out, *TRAIN) == 0
-    return out / "last.ckpt"
+def ckpt(tiny_model):
+    return tiny_model().ckpt
 
 
 # --- the measurement on hand-made cases ------------------------------------------------------
@@ -128,11 +123,37 @@ def test_gradcam_on_deit_reshapes_tokens_to_a_map():
 
 
 def test_gradcam_user_errors_are_one_line(tiny_world, ckpt, tmp_path, capsys):
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "o.png").write_bytes(b"a file where the output folder goes")
     for args, message in [
         (["--ckpt", tmp_path / "nope.ckpt"], "checkpoint not found"),
         (["--ckpt", ckpt, "--n", "0"], "--n must be >= 1"),
         (["--ckpt", ckpt, "--labels", "a,b"], "--labels needs 1"),
+        (["--ckpt", tmp_path / "not_a_run"], "no best.ckpt or last.ckpt in this folder"),
+        (["--ckpt", ckpt, "--out", tmp_path / "o.png"], "--out names a folder"),
+        # the second checkpoint is read before the first model's maps are made and written
+        (["--ckpt", ckpt, "--ckpt", tmp_path / "nope.ckpt", "--labels", "a,b"], "nope.ckpt: checkpoint not found"),
     ]:
-        assert run_cli("gradcam", *args, "--data", tiny_world, "--out", tmp_path / "o", "--device", "cpu") == 2
+        assert run_cli("gradcam", "--data", tiny_world, "--out", tmp_path / "o", "--device", "cpu", *args) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+        assert not (tmp_path / "o").exists()
+
+
+def test_gradcam_takes_run_folders_and_gives_each_label_its_own_folder(tiny_world, ckpt, tmp_path):
+    """Labels that differ only in punctuation never share an overlay folder."""
+    out = tmp_path / "cam"
+    assert run_cli("gradcam", "--ckpt", ckpt.parent, "--ckpt", ckpt, "--labels", "SimCLR (a),SimCLR [a]",
+                   "--data", tiny_world, "--n", "1", "--out", out, "--device", "cpu", "--quiet") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["SimCLR_a", "SimCLR_a-2", "attention.json", "panel.png"]
+    payload = json.loads((out / "attention.json").read_text())
+    assert [m["label"] for m in payload["models"]] == ["SimCLR (a)", "SimCLR [a]"]
+    assert payload["models"][0]["checkpoint"] == str(ckpt)  # the run folder's last.ckpt
+    assert all(sorted(p.name for p in Path(m["overlays"]).iterdir()) == ["q0000.png"] for m in payload["models"])
+
+
+def test_overlay_folders_stay_inside_the_output_folder():
+    from vgssl_core.results_cli import _folder_names
+
+    assert _folder_names(["..", ".", "a/../b", "SimCLR", "SimCLR"]) == ["model", "model-2", "a_.._b", "SimCLR",
+                                                                         "SimCLR-2"]

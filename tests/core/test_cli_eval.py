@@ -45,3 +45,13 @@ def test_eval_rejects_a_foreign_checkpoint(tiny_world, tmp_path, capsys):
     truncated.write_bytes(foreign.read_bytes()[:40])
     assert run_cli("eval", "--data", tiny_world, "--ckpt", truncated, "--quiet") == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_json_into_a_folder_and_a_preset_name(tiny_world, tmp_path, capsys):
+    assert run_cli("eval", "--data", tiny_world, "--json", tmp_path, "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a folder" in err, err
+    assert not list(tmp_path.glob(".*.tmp"))
+    # --config takes a preset's name as well as its file
+    assert run_cli("train", "--config", "demo-nope", "--data", tiny_world, "--out", tmp_path / "r") == 2
+    assert "strategy preset 'demo-nope' not found" in capsys.readouterr().err

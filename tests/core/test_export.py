@@ -15,10 +15,6 @@ from vgssl_core.evaluation import load_descriptor_model
 from vgssl_core.export import TOLERANCE, export_model, load_exported, sidecar_path
 from vgssl_core.localization import Localizer
 
-TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
-         "model.image_size=[64,96]", "model.head_layers=1", "model.head_dim=64",
-         "trainer.val_split=null", "trainer.test_split=null"]
-
 
 def onnx_available():
     try:
@@ -30,13 +26,10 @@ def onnx_available():
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory):
-    """(checkpoint, database built with it, folder for exports)."""
-    out = tmp_path_factory.mktemp("export")
-    assert run_cli("train", "--data", tiny_world, "--out", out / "run", *TRAIN) == 0
-    ckpt = out / "run" / "last.ckpt"
-    assert run_cli("build-db", "--data", tiny_world, "--ckpt", ckpt, "--out", out / "db", "--quiet") == 0
-    return ckpt, out / "db", out
+def world(tiny_model, tmp_path_factory):
+    """(checkpoint at 64x96, database built with it, folder for exports)."""
+    model = tiny_model(64, 96)
+    return model.ckpt, model.db, tmp_path_factory.mktemp("export")
 
 
 @pytest.fixture(scope="module")

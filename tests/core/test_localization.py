@@ -11,10 +11,6 @@ from vgssl_core.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
 from vgssl_core.localization import Localizer, estimate_fix
 
-TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
-         "model.image_size=[64,96]", "model.head_layers=1", "model.head_dim=64",
-         "trainer.val_split=null", "trainer.test_split=null"]
-
 
 # --- estimate_fix: no model needed -----------------------------------------------------------
 def test_agreeing_matches_give_high_confidence_and_a_tight_fix():
@@ -52,7 +48,6 @@ def test_the_estimate_never_leaves_the_agreement_radius_of_the_best_match():
     assert 0 < fix.easting and np.hypot(fix.easting, fix.northing) <= 25.0  # pulled toward, never past
 
 
-
 def test_an_identical_image_pins_the_fix_to_itself():
     fix = estimate_fix([0.0, 0.2, 0.25], [[10, 20], [30, 20], [10, 40]])
     assert fix.easting == pytest.approx(10, abs=1e-3) and fix.northing == pytest.approx(20, abs=1e-3)
@@ -77,13 +72,10 @@ def test_estimate_fix_rejects_bad_input():
 
 # --- the Localizer on a trained checkpoint and a built database --------------------------------
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory):
+def world(tiny_world, tiny_model):
     """(checkpoint, database folder, the test split)."""
-    out = tmp_path_factory.mktemp("loc")
-    assert run_cli("train", "--data", tiny_world, "--out", out / "run", *TRAIN) == 0
-    ckpt = out / "run" / "last.ckpt"
-    assert run_cli("build-db", "--data", tiny_world, "--ckpt", ckpt, "--out", out / "db", "--quiet") == 0
-    return ckpt, out / "db", load_split(tiny_world, "test")
+    model = tiny_model()
+    return model.ckpt, model.db, load_split(tiny_world, "test")
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,17 @@ from vgssl_core.errors import VgsslError
 from vgssl_core.evaluation import load_descriptor_model
 from vgssl_core.mapdb import FILES, MapDatabase, build_database
 
-TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
-         "model.image_size=[64,96]", "model.head_layers=1", "model.head_dim=64",
-         "trainer.val_split=null", "trainer.test_split=null"]
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_model):
+    return tiny_model().ckpt
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mapdb_run")
-    assert run_cli("train", "--data", tiny_world, "--out", out, *TRAIN) == 0
-    return out / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def built(tiny_world, ckpt, tmp_path_factory):
-    """(database folder, the CLI's JSON report) of the test split."""
-    folder = tmp_path_factory.mktemp("mapdb")
-    db, report = folder / "city", folder / "build.json"
-    assert run_cli("build-db", "--data", tiny_world, "--ckpt", ckpt, "--out", db, "--json", report, "--quiet") == 0
-    return db, json.loads(report.read_text())
+def built(tiny_model):
+    """(database folder, the CLI's JSON report) of the test split: `vgssl build-db --json` with ``ckpt``."""
+    model = tiny_model()
+    return model.db, model.build_report
 
 
 def test_build_db_writes_plain_files_and_a_manifest(tiny_world, ckpt, built):

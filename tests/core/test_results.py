@@ -8,7 +8,7 @@ import pytest
 
 from testkit import run_cli
 from vgssl_core import results
-from vgssl_core.config import load_config
+from vgssl_core.config import load_config, resolve_preset
 from vgssl_core.errors import VgsslError
 from vgssl_core.results import build_table, collect_runs, run_grid, to_csv, to_markdown
 
@@ -24,6 +24,14 @@ def make_run(folder, method, *, name=None, r1=50.0, r5=70.0, r10=80.0, seed=0, d
     if attention is not None:
         (folder / "attention.json").write_text(json.dumps(attention))
     return folder
+
+
+def dataset_folder(root):
+    """The folders a training reads (the grid checks them before its first run); no images needed with
+    ``fake_train``."""
+    for split in ("train", "val", "test"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def row_cells(markdown, label):
@@ -92,6 +100,9 @@ def test_collect_runs_errors_are_one_line(tmp_path, capsys):
     assert "no finished runs" in capsys.readouterr().err
     assert run_cli("table", "--runs", tmp_path / "nope", "--out", tmp_path / "t") == 2
     assert "no such run folder" in capsys.readouterr().err
+    make_run(tmp_path / "run", "simclr")
+    assert run_cli("table", "--runs", tmp_path / "run", "--max-steps", "5", "--out", tmp_path / "t") == 2
+    assert "--runs collects finished runs; it takes no --configs, --data, --max-steps" in capsys.readouterr().err
     with pytest.raises(VgsslError, match="not a finished run"):
         results.read_run(tmp_path / "empty")
 
@@ -107,6 +118,92 @@ def test_table_cli_writes_markdown_csv_and_json(tmp_path, capsys):
     payload = json.loads(report.read_text())
     assert [r["method"] for r in payload["rows"]] == ["SimCLR", "MoCo v2"]
     assert payload["rows"][0]["values"]["world-demo-0 R@1"]["mean"] == 60.0
+
+
+def test_a_run_reached_twice_counts_once(tmp_path):
+    """`--runs runs runs/a` names run a twice: still one seed, not a mean of a with itself."""
+    make_run(tmp_path / "runs" / "a", "simclr", r1=60.0)
+    make_run(tmp_path / "runs" / "b", "simclr", r1=40.0, seed=1)
+    runs = collect_runs([tmp_path / "runs", tmp_path / "runs" / "a", tmp_path / "runs" / ".." / "runs" / "b"])
+    assert sorted(r.path.name for r in runs) == ["a", "b"]
+    assert build_table(runs).rows[0].seeds == 2
+
+
+def test_two_runs_of_one_strategy_and_seed_are_not_two_seeds(tmp_path, capsys):
+    make_run(tmp_path / "old" / "simclr", "simclr", r1=60.0, seed=0)
+    make_run(tmp_path / "new" / "simclr", "simclr", r1=40.0, seed=0)
+    assert run_cli("table", "--runs", tmp_path / "old", tmp_path / "new", "--out", tmp_path / "t") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "are both simclr seed 0 on world-demo-0" in err, err
+
+
+def test_the_transient_share_is_a_column_where_the_lowest_is_best(tmp_path):
+    geo = {"geo_share": 0.6, "geo_lift": 1.5, "n_requested": 8, "target": "retrieved"}
+    make_run(tmp_path / "a", "simclr", attention={**geo, "transient_share": 0.02})
+    make_run(tmp_path / "b", "byol", attention={**geo, "transient_share": 0.10})
+    make_run(tmp_path / "c", "triplet", attention={**geo, "transient_share": 0.05})
+    table = build_table(collect_runs([tmp_path]))
+    assert [c.metric for c in table.columns] == ["R@1", "R@5", "R@10", "geo %", "geo lift", "transient %"]
+    md = to_markdown(table)
+    assert "transient % = share on vehicles and pedestrians (lower is better)" in md
+    assert row_cells(md, "SimCLR")[9] == "**2.0**" and row_cells(md, "Triplet (partial mining)")[9] == "<u>5.0</u>"
+    assert row_cells(md, "BYOL")[9] == "10.0"
+    assert list(csv.DictReader(io.StringIO(to_csv(table))))[0]["world-demo-0 transient % mean"] == "2.0000"
+
+
+def test_table_out_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a", "simclr")
+    (tmp_path / "table.md").write_text("not a folder")
+    assert run_cli("table", "--runs", tmp_path / "runs", "--out", tmp_path / "table.md") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--out names a folder" in err, err
+
+
+# --- geo-relevance of collected runs -----------------------------------------------------------
+@pytest.fixture
+def fake_measure(monkeypatch):
+    """`geo_relevance` and the model loader replaced by stubs; records each measurement's n."""
+    calls = []
+
+    def measure(model, cfg, root, *, split, n, target, device, progress):
+        calls.append(n)
+        return {"geo_share": 0.5, "geo_lift": 1.2, "transient_share": 0.01, "target": target}
+
+    monkeypatch.setattr("vgssl_core.attention.geo_relevance", measure)
+    monkeypatch.setattr("vgssl_core.evaluation.load_descriptor_model", lambda ckpt: (None, {}, ""))
+    return calls
+
+
+def masked_world(root):
+    dataset_folder(root)
+    (root / "masks" / "test").mkdir(parents=True)
+    (root / "classes.json").write_text('{"1": "building"}')
+    return root
+
+
+def test_attention_is_measured_again_for_another_n_or_checkpoint(tmp_path, fake_measure):
+    run_dir = make_run(tmp_path / "run", "simclr", data=str(masked_world(tmp_path / "world")))
+    (run_dir / "last.ckpt").write_bytes(b"weights 1")
+    run = results.ensure_attention(results.read_run(run_dir), n=4, log=lambda *_: None)
+    assert fake_measure == [4] and run.attention["n_requested"] == 4
+    again = results.ensure_attention(results.read_run(run_dir), n=4, log=lambda *_: None)
+    assert fake_measure == [4] and again.attention["geo_share"] == 0.5  # done before: reused
+    (run_dir / "last.ckpt").write_bytes(b"weights 2")  # retrained in the same folder
+    results.ensure_attention(results.read_run(run_dir), n=4, log=lambda *_: None)
+    assert fake_measure == [4, 4]
+
+
+def test_a_run_whose_dataset_is_not_found_shows_no_stale_attention(tmp_path, fake_measure, monkeypatch):
+    """test.json records the dataset as given to `vgssl train`, often relative to where it ran."""
+    geo = {"geo_share": 0.6, "geo_lift": 1.5, "n_requested": 8, "target": "retrieved"}
+    run_dir = make_run(tmp_path / "run", "simclr", data="world", attention=geo)
+    (run_dir / "last.ckpt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)  # no ./world here
+    said = []
+    run = results.ensure_attention(results.read_run(run_dir), n=3, log=said.append)
+    assert run.attention is None and fake_measure == []  # never the n=8 measurement for an n=3 request
+    assert "its dataset world (from test.json) is not found (a relative path" in said[0]
+    assert "geo %" not in to_markdown(build_table([run]))
 
 
 # --- the grid ----------------------------------------------------------------------------------
@@ -129,7 +226,7 @@ def fake_train(monkeypatch):
 
 
 def test_grid_trains_each_run_once_and_skips_finished_ones(tmp_path, fake_train):
-    world = tmp_path / "world"
+    world = dataset_folder(tmp_path / "world")
     kwargs = dict(seeds=[0, 1], out=tmp_path / "grid", log=lambda *_: None)
     runs = run_grid(["demo-simclr", "demo-byol"], [world], **kwargs)
     assert len(fake_train) == 4 and len(runs) == 4
@@ -145,13 +242,14 @@ def test_grid_resumes_an_interrupted_run(tmp_path, fake_train):
     run_dir = tmp_path / "grid" / "runs" / "world" / "demo-simclr" / "seed0"
     run_dir.mkdir(parents=True)
     (run_dir / "last.ckpt").write_bytes(b"stands in for an interrupted run")
-    (run_dir / "config.json").write_text(json.dumps(load_config(results.resolve_preset("demo-simclr"),
+    (run_dir / "config.json").write_text(json.dumps(load_config(resolve_preset("demo-simclr"),
                                                                 ["trainer.seed=0"])))
-    run_grid(["demo-simclr"], [tmp_path / "world"], out=tmp_path / "grid", log=lambda *_: None)
+    run_grid(["demo-simclr"], [dataset_folder(tmp_path / "world")], out=tmp_path / "grid", log=lambda *_: None)
     assert fake_train == [{"name": "demo-simclr", "seed": 0, "resume": run_dir / "last.ckpt"}]
 
 
 def test_grid_refuses_a_run_folder_of_another_config(tmp_path, fake_train):
+    dataset_folder(tmp_path / "world")
     run_grid(["demo-simclr"], [tmp_path / "world"], out=tmp_path / "grid", log=lambda *_: None)
     run_grid(["demo-simclr"], [tmp_path / "world"], out=tmp_path / "grid", log=lambda *_: None,
              overrides=["trainer.accelerator=cpu", "data.workers=0"])  # where it trains: the same run
@@ -162,6 +260,7 @@ def test_grid_refuses_a_run_folder_of_another_config(tmp_path, fake_train):
 
 
 def test_table_cli_runs_the_grid_with_overrides_anywhere(tmp_path, fake_train, capsys):
+    dataset_folder(tmp_path / "w1"), dataset_folder(tmp_path / "w2")
     args = ["table", "--configs", "demo-vicreg", "optim.lr=0.01", "--data", tmp_path / "w1", tmp_path / "w2",
             "--seeds", "0,1", "--out", tmp_path / "grid", "--quiet"]
     assert run_cli(*args) == 0
@@ -173,3 +272,14 @@ def test_table_cli_runs_the_grid_with_overrides_anywhere(tmp_path, fake_train, c
     assert run_cli("table", "--configs", "no-such-preset", "--out", tmp_path / "x", "--data", tmp_path / "w1") == 2
     assert "strategy preset 'no-such-preset' not found" in capsys.readouterr().err
     assert run_cli("table", "--seeds", "0,a", "--out", tmp_path / "x", "--data", tmp_path / "w1") == 2
+
+
+def test_grid_checks_every_dataset_before_the_first_training(tmp_path, fake_train, capsys):
+    dataset_folder(tmp_path / "w1")
+    args = ["table", "--configs", "demo-simclr", "--out", tmp_path / "grid", "--quiet"]
+    assert run_cli(*args, "--data", tmp_path / "w1", tmp_path / "typo") == 2
+    assert "typo: not a dataset folder" in capsys.readouterr().err and fake_train == []
+    (tmp_path / "w2" / "images" / "train").mkdir(parents=True)
+    assert run_cli(*args, "--data", tmp_path / "w1", tmp_path / "w2") == 2
+    assert "w2: split 'val' is missing (no images/val/); this dataset has: train" in capsys.readouterr().err
+    assert fake_train == []

@@ -95,6 +95,23 @@ def test_checkpoint_rebuilds_the_model_alone(tiny_world, tmp_path):
     assert any(k.startswith("head.") for k in state)
 
 
+
+@pytest.mark.parametrize("mode", ["frozen", "train"])
+def test_frozen_batchnorm_keeps_the_backbone_statistics(tiny_world, tmp_path, mode):
+    """Over two epochs with validation between them (Lightning switches modes around it)."""
+    out = tmp_path / mode
+    assert train(tiny_world, out, "byol", "--max-epochs", "2", "data.queries_per_epoch=12",
+                 "trainer.test_split=null", "model.freeze_stages=0", f"trainer.batchnorm={mode}") == 0
+    _, state = descriptor_weights(read_checkpoint(out / "last.ckpt"))
+    stats = {k: v for k, v in state.items() if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))}
+    assert stats
+    at_init = all(torch.equal(v, torch.zeros_like(v) if k.endswith("mean") else torch.ones_like(v)) for k, v in stats.items())
+    assert at_init == (mode == "frozen")
+    head = {k: v for k, v in state.items() if k.startswith("head.") and k.endswith("running_mean")}
+    assert head and all(v.abs().sum() > 0 for v in head.values())  # the head's BatchNorm1d always trains
+    weights = {k: v for k, v in state.items() if k.startswith("backbone.") and k.endswith("bn1.weight")}
+    assert any(not torch.equal(v, torch.ones_like(v)) for v in weights.values())  # affine weights still learn
+
 def test_bad_config_and_resume_inputs(tiny_world, tmp_path, capsys):
     assert train(tiny_world, tmp_path / "a", "dino") == 2
     assert "unknown method 'dino'" in capsys.readouterr().err
@@ -102,6 +119,8 @@ def test_bad_config_and_resume_inputs(tiny_world, tmp_path, capsys):
     assert "vgg16" in capsys.readouterr().err and "resnet18" in capsys.readouterr().err + "resnet18"
     assert train(tiny_world, tmp_path / "c", "simclr", "optim.learning_rate=1") == 2
     assert "unknown config key 'optim.learning_rate'" in capsys.readouterr().err
+    assert train(tiny_world, tmp_path / "f", "simclr", "trainer.batchnorm=fixed") == 2
+    assert "trainer.batchnorm" in capsys.readouterr().err
     missing = tmp_path / "nope" / "last.ckpt"
     assert train(tiny_world, tmp_path / "d", "simclr", "--resume", missing) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vgssl_ros import bag_replay
 from vgssl_ros.localizer import NODE_NAME, PARAMETERS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,9 +75,9 @@ def ros_parameters(path: Path) -> dict[str, dict]:
     return out
 
 
-def test_there_is_a_launch_file_and_a_localizer_parameter_file():
-    assert (REPO / "launch" / "localize.launch.py") in LAUNCH_FILES
-    assert (REPO / "config" / "localizer.yaml") in PARAM_FILES
+def test_there_are_the_launch_files_and_a_parameter_file_for_each_node():
+    assert {REPO / "launch" / "localize.launch.py", REPO / "launch" / "replay.launch.py"} <= set(LAUNCH_FILES)
+    assert {REPO / "config" / "localizer.yaml", REPO / "config" / "bag_replay.yaml"} <= set(PARAM_FILES)
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -128,11 +129,36 @@ def test_parameter_files_parse(path):
     assert ros_parameters(path)
 
 
-def test_localizer_yaml_sets_every_node_parameter_with_its_type():
+def declared_arguments(tree: ast.AST) -> dict[str, ast.Call]:
+    return {first_string(c, "name"): c for c in calls(tree, "DeclareLaunchArgument")}
+
+
+def test_replay_launch_starts_the_live_replay_and_includes_the_localizer_launch():
+    tree = ast.parse((REPO / "launch" / "replay.launch.py").read_text())
+    declared = declared_arguments(tree)
+    assert {"bag", "image_topic", "rate", "use_sim_time"} <= set(declared)
+    assert keyword(declared["bag"], "default_value") is None  # required: no silent default
+    (include,) = calls(tree, "IncludeLaunchDescription")  # the localizer, started as localize.launch.py does
+    assert "localize.launch.py" in ast.unparse(include) and (REPO / "launch" / "localize.launch.py").is_file()
+    localize_args = declared_arguments(ast.parse((REPO / "launch" / "localize.launch.py").read_text()))
+    assert {"checkpoint", "database"} <= set(localize_args)  # arguments of this launch too (includes are unscoped)
+    forwarded = {n.value for n in ast.walk(keyword(include, "launch_arguments")) if isinstance(n, ast.Constant)}
+    assert forwarded and forwarded <= set(declared) & set(localize_args)
+    (node,) = calls(tree, "Node")
+    assert first_string(node, "name") == bag_replay.NODE_NAME  # the key of config/bag_replay.yaml
+    overrides = next(d for d in ast.walk(keyword(node, "parameters")) if isinstance(d, ast.Dict))
+    fixed = {k.value: v.value for k, v in zip(overrides.keys, overrides.values) if isinstance(v, ast.Constant)}
+    assert fixed["mode"] == "live" and fixed["wait_for_subscribers"] >= 1  # the localizer hears the first frame
+    assert {k.value for k in overrides.keys} <= set(bag_replay.PARAMETERS)  # no misspelt override
+
+
+@pytest.mark.parametrize("name, parameters", [(NODE_NAME, PARAMETERS), (bag_replay.NODE_NAME, bag_replay.PARAMETERS)],
+                         ids=[NODE_NAME, bag_replay.NODE_NAME])
+def test_parameter_file_sets_every_node_parameter_with_its_type(name, parameters):
     """A misspelt key would be ignored by the node, a wrong type would stop it: catch both here."""
-    values = ros_parameters(REPO / "config" / "localizer.yaml")[NODE_NAME]
-    assert set(values) == set(PARAMETERS), (
-        f"unknown: {sorted(set(values) - set(PARAMETERS))}, missing: {sorted(set(PARAMETERS) - set(values))}"
+    values = ros_parameters(REPO / "config" / f"{name}.yaml")[name]
+    assert set(values) == set(parameters), (
+        f"unknown: {sorted(set(values) - set(parameters))}, missing: {sorted(set(parameters) - set(values))}"
     )
-    for name, (default, _) in PARAMETERS.items():
-        assert type(values[name]) is type(default), f"{name}: {values[name]!r} is not a {type(default).__name__}"
+    for key, (default, _) in parameters.items():
+        assert type(values[key]) is type(default), f"{key}: {values[key]!r} is not a {type(default).__name__}"

@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
@@ -29,7 +28,6 @@ from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 
-from vgssl_core.cli import main as vgssl_cli
 from vgssl_core.dataset import load_image, load_split
 from vgssl_core.image_codec import encode_compressed, encode_raw
 from vgssl_msgs.msg import Localization
@@ -44,27 +42,15 @@ STARTUP_TIMEOUT = 90.0  # s: importing torch and loading the model on a busy 2-c
 FIX_TIMEOUT = 20.0
 RADIUS_M = 25.0  # the Recall@N threshold
 DIAG_NAME = "localizer: visual localization"
-TRAIN = ["--max-steps", "2", "--quiet", "method=simclr", "data.batch_size=6", "data.workers=0",
-         "model.image_size=[240,320]", "model.head_layers=1", "model.head_dim=64",
-         "trainer.val_split=null", "trainer.test_split=null"]
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory):
-    """(checkpoint, database folder, test-split database images [(rgb, (easting, northing))])."""
-    out = tmp_path_factory.mktemp("localizer")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread each is faster than two that fight
-    try:
-        assert vgssl_cli(["train", "--data", str(tiny_world), "--out", str(out / "run"), *TRAIN]) == 0
-        ckpt = out / "run" / "last.ckpt"
-        assert vgssl_cli(["build-db", "--data", str(tiny_world), "--ckpt", str(ckpt), "--out", str(out / "db"),
-                          "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+def world(tiny_world, tiny_model):
+    """(checkpoint at 240x320, database folder, test-split database images [(rgb, (easting, northing))])."""
+    model = tiny_model(240, 320)
     split = load_split(tiny_world, "test").database
     route = [(np.asarray(load_image(path)), tuple(split.utm[i])) for i, path in enumerate(split.paths)]
-    return ckpt, out / "db", route
+    return model.ckpt, model.db, route
 
 
 def localizer_args(world, topic: str, *extra: str) -> tuple[str, ...]:

@@ -117,7 +117,6 @@ SERVER = textwrap.dedent(
     '''
     """A stand-in localizer: decodes the request's image and answers with a made-up fix."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
 
     from vgssl_core.errors import VgsslError
@@ -161,20 +160,7 @@ SERVER = textwrap.dedent(
             return response
 
 
-    def main():
-        rclpy.init()
-        node = FakeLocalizer()
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
-
-
-    if __name__ == "__main__":
-        main()
+    make_node, run = FakeLocalizer, rclpy.spin
     '''
 )
 
@@ -186,39 +172,31 @@ IMAGE_PUBLISHER = textwrap.dedent(
 
     import numpy as np
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    def main():
-        rclpy.init()
-        node = rclpy.create_node("image_source")
+
+    def make_node():
+        return rclpy.create_node("image_source")
+
+
+    def run(node):
         frames = node.declare_parameter("frames", 40).value
         rate = node.declare_parameter("rate", 20.0).value
         pub = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-        try:
-            while pub.get_subscription_count() == 0:
-                rclpy.spin_once(node, timeout_sec=0.05)
-            time.sleep(0.5)  # let the subscriber's side of the match settle too
-            msg = Image(height=480, width=640, encoding="rgb8", step=640 * 3)
-            msg.header.frame_id = "camera"
-            msg.data = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8).tobytes()
-            start = time.monotonic()
-            for i in range(frames):
-                time.sleep(max(0.0, start + i / rate - time.monotonic()))
-                msg.header.stamp.sec = i
-                pub.publish(msg)
-            print(f"published {frames} frames", flush=True)
-            while True:
-                rclpy.spin_once(node, timeout_sec=0.1)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
-            rclpy.try_shutdown()
-
-    if __name__ == "__main__":
-        main()
+        while pub.get_subscription_count() == 0:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        time.sleep(0.5)  # let the subscriber's side of the match settle too
+        msg = Image(height=480, width=640, encoding="rgb8", step=640 * 3)
+        msg.header.frame_id = "camera"
+        msg.data = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8).tobytes()
+        start = time.monotonic()
+        for i in range(frames):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            msg.header.stamp.sec = i
+            pub.publish(msg)
+        print(f"published {frames} frames", flush=True)
+        rclpy.spin(node)  # stay up until the test stops it
     '''
 )
 
@@ -227,13 +205,12 @@ RELAY = textwrap.dedent(
     '''
     """Republishes every Localization from fix_in on fix_out, its confidence halved."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from vgssl_msgs.msg import Localization
 
-    def main():
-        rclpy.init()
+
+    def make_node():
         node = rclpy.create_node("fix_relay")
         latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -244,13 +221,35 @@ RELAY = textwrap.dedent(
             pub.publish(msg)
 
         node.create_subscription(Localization, "fix_in", relay, 10)
+        return node
+
+
+    run = rclpy.spin
+    '''
+)
+
+# What every stand-in node above ends with: its source defines make_node() and run(node).
+NODE_MAIN = textwrap.dedent(
+    '''
+
+    from rclpy._rclpy_pybind11 import RCLError
+    from rclpy.executors import ExternalShutdownException
+
+
+    def main():
+        rclpy.init()
+        node = make_node()
         try:
-            rclpy.spin(node)
+            run(node)
         except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            pass  # Ctrl-C (the test's SIGINT) is a clean exit
+        except RCLError:  # the signal shut the context down while spin built its wait set
+            if rclpy.ok():
+                raise
         finally:
             node.destroy_node()
             rclpy.try_shutdown()
+
 
     if __name__ == "__main__":
         main()
@@ -259,7 +258,8 @@ RELAY = textwrap.dedent(
 
 
 def write_module(folder: Path, name: str, source: str) -> Path:
-    (folder / f"{name}.py").write_text(source)
+    """``folder/name.py``: a stand-in node's ``source`` and the ``main()`` they share."""
+    (folder / f"{name}.py").write_text(source + NODE_MAIN)
     return folder
 
 

@@ -21,6 +21,7 @@ MINING_MODES = ("full", "partial", "random")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine")
+BATCHNORM_MODES = ("train", "frozen")
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -68,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
         "deterministic": True,
         "loggers": ["csv"],  # csv, tensorboard, wandb
         "eval_batch_size": 32,
+        # Backbone BatchNorm during training: "train" (batch statistics, running stats updated:
+        # the benchmark's and VG-SSL's setting) or "frozen" (eval mode: the statistics the
+        # backbone started with are kept and only the affine weights learn).
+        "batchnorm": "train",
     },
 }
 
@@ -115,10 +120,23 @@ def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+STRATEGIES = Path(__file__).resolve().parents[2] / "config" / "strategies"
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A preset file, or a name in ``config/strategies/`` (``demo-simclr``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = STRATEGIES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and candidate.is_file():
+        return candidate
+    have = ", ".join(sorted(p.stem for p in STRATEGIES.glob("*.yaml"))[:8]) if STRATEGIES.is_dir() else "none"
+    raise VgsslError(f"strategy preset '{name}' not found (as a file or in {STRATEGIES}); e.g. {have}, ...")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise VgsslError(f"{path}: config file not found")
+    path = resolve_preset(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -151,7 +169,8 @@ def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | 
     checks = [("mining.mode", cfg["mining"]["mode"], MINING_MODES),
               ("trainer.precision", str(cfg["trainer"]["precision"]), PRECISIONS),
               ("optim.name", cfg["optim"]["name"], OPTIMIZERS),
-              ("optim.scheduler", cfg["optim"]["scheduler"], SCHEDULERS)]
+              ("optim.scheduler", cfg["optim"]["scheduler"], SCHEDULERS),
+              ("trainer.batchnorm", cfg["trainer"]["batchnorm"], BATCHNORM_MODES)]
     for key, value, valid in checks:
         if value not in valid:
             raise VgsslError(f"config key '{key}' is '{value}'; valid: {', '.join(valid)}")

@@ -16,7 +16,6 @@ from .dataset import load_split
 from .descriptors import resolve_device
 from .evaluation import evaluate_split, load_descriptor_model, write_json
 
-STRATEGIES = Path(__file__).resolve().parents[2] / "config" / "strategies"
 
 
 def _world(out: Path, preset: str, seed: int, progress: bool) -> tuple[Path, float]:
@@ -66,7 +65,7 @@ def _train_row(label: str, category: str, preset: str, overrides: list[str], roo
             import shutil
 
             shutil.rmtree(run_dir)  # an interrupted demo run: start it again
-        cfg = load_config(STRATEGIES / f"{preset}.yaml", [*overrides, f"trainer.seed={seed}"])
+        cfg = load_config(preset, [*overrides, f"trainer.seed={seed}"])
         print(f"\n== training {label} ({preset}) -> {run_dir}")
         summary = train(cfg, root, run_dir, progress=progress)
     else:

@@ -100,6 +100,8 @@ def save_descriptors(path: str | Path, split: GeoSplit, db_desc: np.ndarray, q_d
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise VgsslError(f"{path}: is a folder; give a file path for the JSON")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")

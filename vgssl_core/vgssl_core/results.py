@@ -9,8 +9,9 @@ only does what is missing. ``collect_runs`` reads existing run folders instead.
 
 The table has one row per strategy, grouped by category as in VG-SSL (contrastive,
 self-distillation, information maximization, then the supervised baseline), and R@1/5/10 per
-dataset; several seeds give mean ± sample standard deviation. In each column the best value is
-bold and the second best underlined (compared as displayed)::
+dataset, plus the attention shares (geo %, geo lift, transient %) where runs have them; several
+seeds give mean ± sample standard deviation. In each column the best value is bold and the
+second best underlined (compared as displayed; for transient % the lowest is best)::
 
     runs = run_grid(["demo-simclr", "demo-byol"], ["worlds/demo"], seeds=[0, 1], out=Path("runs/table"))
     table = build_table(runs)
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .config import resolve_preset
 from .errors import VgsslError
 
 # method -> category, in the paper's order
@@ -45,7 +47,6 @@ CATEGORY_ORDER = ("contrastive", "self-distillation", "information maximization"
 METHOD_LABELS = {"simclr": "SimCLR", "mocov2": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam",
                  "barlow_twins": "BT", "vicreg": "VICReg", "triplet": "Triplet"}
 DEMO_PRESETS = ("demo-simclr", "demo-mocov2", "demo-byol", "demo-simsiam", "demo-bt", "demo-vicreg", "demo-triplet")
-STRATEGIES = Path(__file__).resolve().parents[2] / "config" / "strategies"
 DEFAULT_NS = ("1", "5", "10")
 
 
@@ -104,15 +105,22 @@ def read_run(run_dir: str | Path) -> Run:
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every finished run in ``paths``: run folders themselves, or folders holding them (searched)."""
+    """Every finished run in ``paths``: run folders themselves, or folders holding them (searched).
+
+    A run reached twice (a folder and a folder holding it) counts once.
+    """
     runs: list[Run] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
         if not p.exists():
             raise VgsslError(f"{p}: no such run folder")
         found = [p] if (p / "test.json").is_file() else sorted(t.parent for t in p.rglob("test.json"))
         if not found:
             raise VgsslError(f"{p}: no finished runs (no test.json) in it")
-        runs.extend(read_run(d) for d in found)
+        for d in found:
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                runs.append(read_run(d))
     return runs
 
 
@@ -121,22 +129,10 @@ def run_checkpoint(run_dir: Path) -> Path:
     for name in ("best.ckpt", "last.ckpt"):
         if (run_dir / name).is_file():
             return run_dir / name
-    raise VgsslError(f"{run_dir}: no best.ckpt or last.ckpt")
+    raise VgsslError(f"{run_dir}: no best.ckpt or last.ckpt in this folder; is it a 'vgssl train' run folder?")
 
 
 # --- the grid --------------------------------------------------------------------------------
-def resolve_preset(name: str | Path) -> Path:
-    """A preset file, or a name in ``config/strategies/`` (``demo-simclr``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    candidate = STRATEGIES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
-    if candidate.is_file():
-        return candidate
-    have = ", ".join(sorted(p.stem for p in STRATEGIES.glob("*.yaml"))[:8]) if STRATEGIES.is_dir() else "none"
-    raise VgsslError(f"strategy preset '{name}' not found (as a file or in {STRATEGIES}); e.g. {have}, ...")
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict):
         return {prefix.rstrip("."): d}
@@ -163,6 +159,18 @@ def _check_same_config(run_dir: Path, cfg: dict[str, Any]) -> None:
                          "delete that folder or choose another --out")
 
 
+def _check_dataset(root: Path, splits: Sequence[str]) -> None:
+    """The folders a training reads, checked before a grid's first run rather than midway."""
+    images = root / "images"
+    if not images.is_dir():
+        raise VgsslError(f"{root}: not a dataset folder (no 'images/' inside); run 'vgssl synth --out {root}' "
+                         "to make one")
+    for split in splits:
+        if not (images / split).is_dir():
+            have = ", ".join(sorted(p.name for p in images.iterdir() if p.is_dir())) or "none"
+            raise VgsslError(f"{root}: split '{split}' is missing (no images/{split}/); this dataset has: {have}")
+
+
 def synthetic_world(out: Path, preset: str = "demo", seed: int = 0, progress: bool = True) -> Path:
     """``OUT/world-<preset>-<seed>``, generated unless that world is already there."""
     from .synth import generate_world
@@ -179,22 +187,40 @@ def synthetic_world(out: Path, preset: str = "demo", seed: int = 0, progress: bo
 
 def ensure_attention(run: Run, *, n: int = 8, target: str = "retrieved", device=None, progress: bool = False,
                      log=print) -> Run:
-    """Measure the run's geo-relevance (``RUN/attention.json``) unless done with the same n/target."""
+    """Measure the run's geo-relevance (``RUN/attention.json``) unless done with the same n, target and
+    checkpoint. A run that cannot be measured as asked (no class masks, its dataset not found) is left
+    without a measurement, never shown with one of another n or checkpoint."""
     from .attention import geo_relevance, has_masks
+    from .checkpoint import file_sha256
     from .evaluation import load_descriptor_model, write_json
 
-    if run.attention and run.attention.get("n_requested") == n and run.attention.get("target") == target:
+    try:
+        ckpt = run_checkpoint(run.path)
+    except VgsslError:
+        ckpt = None  # checkpoints deleted to save space: an earlier measurement still stands
+    sha = file_sha256(ckpt) if ckpt else None
+    done = run.attention or {}
+    if (done.get("n_requested"), done.get("target")) == (n, target) and (
+            ckpt is None or done.get("checkpoint_sha256") == sha):
         return run
-    if not has_masks(run.data_root, run.split):
+    run.attention = None  # measured with another n, target or checkpoint: not what was asked for
+    if ckpt is None:
+        run_checkpoint(run.path)  # says what is missing
+    root = Path(run.data_root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else " (a relative path: run 'vgssl table' from where the run trained)"
+        log(f"{run.path}: its dataset {run.data_root} (from test.json) is not found{where}; "
+            "geo-relevance not measured")
+        return run
+    if not has_masks(root, run.split):
         log(f"{run.path}: {run.data_root} has no class masks; geo-relevance not measured")
         return run
-    ckpt = run_checkpoint(run.path)
     model, cfg, _ = load_descriptor_model(ckpt)
     if device is not None:
         model.to(device)
     report = geo_relevance(model, cfg, run.data_root, split=run.split, n=n, target=target, device=device,
                            progress=progress)
-    report.update({"n_requested": n, "checkpoint": str(ckpt)})
+    report.update({"n_requested": n, "checkpoint": str(ckpt), "checkpoint_sha256": sha})
     write_json(run.path / "attention.json", _json_safe(report))
     run.attention = _json_safe(report)
     return run
@@ -230,6 +256,9 @@ def run_grid(configs: Sequence[str | Path], datasets: Sequence[str | Path], *, s
                     raise VgsslError(f"{preset.name}: trainer.test_split is null; the table needs a test split")
                 run_dir = out / "runs" / root.name / (cfg.get("name") or preset.stem) / f"seed{int(seed)}"
                 _check_same_config(run_dir, cfg)
+                if not (run_dir / "test.json").is_file():
+                    _check_dataset(root, ["train", *(cfg["trainer"][k] for k in ("val_split", "test_split")
+                                                     if cfg["trainer"][k])])
                 plan.append((root, preset, seed, cfg, run_dir))
     runs = []
     for i, (root, preset, seed, cfg, run_dir) in enumerate(plan, 1):
@@ -252,8 +281,9 @@ def run_grid(configs: Sequence[str | Path], datasets: Sequence[str | Path], *, s
 class Column:
     key: str  # (dataset, metric) as "dataset|metric"
     dataset: str
-    metric: str  # "R@1", "geo %", "geo lift"
+    metric: str  # "R@1", "geo %", "geo lift", "transient %"
     digits: int
+    lower_is_better: bool = False  # the transient share: less attention on vehicles and pedestrians is better
 
 
 @dataclass
@@ -292,11 +322,21 @@ def build_table(runs: Sequence[Run], ns: Sequence[str] = DEFAULT_NS) -> Table:
     ns = [str(n) for n in ns]
     datasets = list(dict.fromkeys(r.dataset for r in runs))
     with_attention = {r.dataset for r in runs if r.attention and r.attention.get("geo_share") is not None}
+    with_transient = {r.dataset for r in runs if r.attention and r.attention.get("transient_share") is not None}
     columns = []
     for ds in datasets:
         columns += [Column(f"{ds}|R@{n}", ds, f"R@{n}", 1) for n in ns]
         if ds in with_attention:
             columns += [Column(f"{ds}|geo %", ds, "geo %", 1), Column(f"{ds}|geo lift", ds, "geo lift", 2)]
+        if ds in with_transient:
+            columns.append(Column(f"{ds}|transient %", ds, "transient %", 1, lower_is_better=True))
+    seen: dict[tuple, Path] = {}
+    for r in runs:  # two runs of one strategy and seed are no two seeds: say so rather than pool them
+        key = (r.dataset, r.label, r.strategy, r.seed)
+        if r.seed is not None and key in seen:
+            raise VgsslError(f"{seen[key]} and {r.path} are both {r.strategy} seed {r.seed} on {r.dataset}; "
+                             "tabulate one of them, or give the other its own name (name=... when training)")
+        seen[key] = r.path
     rows: dict[tuple[str, str], Row] = {}
     for r in runs:
         row = rows.setdefault((r.label, r.strategy), Row(r.label, r.strategy, r.category, r.method))
@@ -309,6 +349,8 @@ def build_table(runs: Sequence[Run], ns: Sequence[str] = DEFAULT_NS) -> Table:
             row.values.setdefault(f"{r.dataset}|geo %", []).append(100.0 * float(r.attention["geo_share"]))
             if r.attention.get("geo_lift") is not None:
                 row.values.setdefault(f"{r.dataset}|geo lift", []).append(float(r.attention["geo_lift"]))
+        if r.attention and r.attention.get("transient_share") is not None:
+            row.values.setdefault(f"{r.dataset}|transient %", []).append(100.0 * float(r.attention["transient_share"]))
     order = list(CATEGORIES)
 
     def sort_key(row: Row):
@@ -321,7 +363,7 @@ def build_table(runs: Sequence[Run], ns: Sequence[str] = DEFAULT_NS) -> Table:
 def _ranks(table: Table, col: Column) -> dict[int, int]:
     """Row index -> 1 (best) or 2 (second), by the displayed value (ties share a rank)."""
     shown = {i: round(m, col.digits) for i, row in enumerate(table.rows) if (m := row.mean(col.key)) is not None}
-    distinct = sorted(set(shown.values()), reverse=True)
+    distinct = sorted(set(shown.values()), reverse=not col.lower_is_better)
     if len(shown) < 2:
         return {}
     return {i: distinct.index(v) + 1 for i, v in shown.items() if distinct.index(v) < 2}
@@ -353,6 +395,8 @@ def to_markdown(table: Table) -> str:
     if any(c.metric.startswith("geo") for c in table.columns):
         caption += ("; geo % = share of Grad-CAM attention on buildings and landmarks, geo lift = that share "
                     "divided by their share of the pixels (1 = no preference)")
+    if any(c.metric == "transient %" for c in table.columns):
+        caption += "; transient % = share on vehicles and pedestrians (lower is better)"
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,13 @@ def _split_overrides(args: argparse.Namespace, *names: str) -> None:
         setattr(args, name, keep or None)
 
 
+def _out_folder(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise VgsslError(f"--out {out}: a file is in the way; --out names a folder")
+    return out
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -73,10 +80,11 @@ def run_table(args: argparse.Namespace) -> int:
     if args.attention < 0:
         raise VgsslError(f"--attention must be >= 0, got {args.attention}")
     device = resolve_device(args.device)
-    out = Path(args.out)
+    out = _out_folder(args.out)
     if args.runs:
-        if args.configs or args.data or args.overrides:
-            raise VgsslError("--runs collects finished runs; it takes no --configs, --data or overrides")
+        if args.configs or args.data or args.overrides or args.max_steps is not None or args.max_epochs is not None:
+            raise VgsslError("--runs collects finished runs; it takes no --configs, --data, --max-steps, "
+                             "--max-epochs or overrides")
         runs = collect_runs(args.runs)
         if args.attention:
             runs = [ensure_attention(r, n=args.attention, target=args.attention_target, device=device) for r in runs]
@@ -106,7 +114,8 @@ def run_table(args: argparse.Namespace) -> int:
 # --- gradcam -------------------------------------------------------------------------------
 def _gradcam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", action="append", required=True, metavar="CKPT",
-                   help="checkpoint to explain; repeat for a side-by-side panel")
+                   help="checkpoint (or run folder: its best.ckpt, else last.ckpt) to explain; "
+                        "repeat for a side-by-side panel")
     p.add_argument("--labels", help="comma-separated column names (default: each checkpoint's strategy name)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
@@ -118,24 +127,38 @@ def _gradcam_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-def _labels(ckpts: list[str], given: str | None) -> list[str]:
+def _checkpoints(given: list[str], labels: str | None) -> list[tuple[Path, str]]:
+    """(checkpoint file, column label) per --ckpt; a run folder gives its own checkpoint. Every file is
+    read here, so a missing or foreign one fails before the first model's maps are made."""
     from .checkpoint import KEY, read_checkpoint
+    from .results import run_checkpoint
 
-    if given:
-        labels = [s.strip() for s in given.split(",")]
-        if len(labels) != len(ckpts) or not all(labels):
-            raise VgsslError(f"--labels needs {len(ckpts)} non-empty names, one per --ckpt, got '{given}'")
+    ckpts = [run_checkpoint(Path(c)) if Path(c).is_dir() else Path(c) for c in given]
+    metas = [read_checkpoint(ckpt)[KEY] for ckpt in ckpts]
+    if labels:
+        names = [s.strip() for s in labels.split(",")]
+        if len(names) != len(ckpts) or not all(names):
+            raise VgsslError(f"--labels needs {len(ckpts)} non-empty name(s), one per --ckpt, got '{labels}'")
     else:
-        labels = []
-        for ckpt in ckpts:
-            meta = read_checkpoint(ckpt)[KEY]
-            labels.append((meta.get("config") or {}).get("name") or meta.get("method") or Path(ckpt).stem)
+        names = [(meta.get("config") or {}).get("name") or meta.get("method") or ckpt.stem
+                 for ckpt, meta in zip(ckpts, metas)]
+    return list(zip(ckpts, _unique(names)))
+
+
+def _unique(names: list[str]) -> list[str]:
+    """``a, a, b`` -> ``a, a-2, b``."""
     seen: dict[str, int] = {}
     unique = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
     return unique
+
+
+def _folder_names(labels: list[str]) -> list[str]:
+    """One overlay folder per label, safe as a file name and distinct even where labels differ only in
+    punctuation (``SimCLR (a)`` / ``SimCLR [a]``); never ``.`` or ``..``."""
+    return _unique([re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "model" for label in labels])
 
 
 def _pct(value) -> str:
@@ -155,21 +178,21 @@ def run_gradcam(args: argparse.Namespace) -> int:
     from .evaluation import load_descriptor_model
     from .results import _json_safe
 
+    out = _out_folder(args.out)
     split = load_split(args.data, args.split)
-    labels = _labels(args.ckpt, args.labels)
+    ckpts, labels = zip(*_checkpoints(args.ckpt, args.labels))
     device = resolve_device(args.device)
     queries = pick_queries(len(split.queries), args.n)
     masks = has_masks(args.data, args.split)
-    out = Path(args.out)
     images = [np.asarray(load_image(split.queries.paths[i])) for i in queries]
     columns: dict[str, list] = {}
     models = []
-    for ckpt, label in zip(args.ckpt, labels):
+    for ckpt, label, name in zip(ckpts, labels, _folder_names(list(labels))):
         model, cfg, note = load_descriptor_model(ckpt)
         model.to(device)
         explained = explain_queries(model, cfg, split, queries, target=args.target, device=device,
                                     progress=not args.quiet)
-        folder = out / re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+        folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         pictures = []
         for item, image in zip(explained, images):

@@ -36,10 +36,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -49,6 +46,7 @@ from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
 from vgssl_msgs.msg import Localization
 from vgssl_msgs.srv import LocalizeImage
 from vgssl_ros.frame_slot import FrameSlot, ProcessingStats
+from vgssl_ros.parameters import declare_read_only, spin_until_shutdown
 from vgssl_ros.messages import (
     diagnostics_msg, has_fix, image_to_rgb, localization_msg, navsatfix_msg, pose_msg,
 )
@@ -73,7 +71,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "utm_frame_id": ("utm", "frame_id of 'localization' and 'pose' (UTM, the database's zone)"),
     "fix_frame_id": ("", "frame_id of 'fix'; empty: the image's frame_id (the camera)"),
 }
-TYPE_NAMES = {str: "string", int: "integer", float: "double (write 1.0, not 1)", bool: "bool (true or false)"}
 TRANSPORTS = {"raw": Image, "compressed": CompressedImage}
 TYPE_TRANSPORT = {"sensor_msgs/msg/Image": "raw", "sensor_msgs/msg/CompressedImage": "compressed"}
 
@@ -139,13 +136,7 @@ class LocalizerNode(Node):
 
     # --- start-up ------------------------------------------------------------------------------
     def _read_parameters(self) -> dict[str, Any]:
-        values = {}
-        for name, (default, description) in PARAMETERS.items():
-            descriptor = ParameterDescriptor(description=description, read_only=True)
-            try:
-                values[name] = self.declare_parameter(name, default, descriptor).value
-            except ParameterException as err:
-                raise VgsslError(f"parameter '{name}' must be a {TYPE_NAMES[type(default)]}: {err}") from None
+        values = declare_read_only(self, PARAMETERS)
         for name in ("checkpoint", "database"):
             if not values[name]:
                 raise VgsslError(f"parameter '{name}' is not set: pass -p {name}:=PATH (or set it in the params file)")
@@ -263,9 +254,7 @@ def main(args: list[str] | None = None) -> int:
         except VgsslError as err:
             get_logger(NODE_NAME).fatal(f"cannot start: {err}")
             return EXIT_BAD_INPUT
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C: a normal way to stop a node
+        spin_until_shutdown(node)
     finally:
         if node is not None:
             node.close()

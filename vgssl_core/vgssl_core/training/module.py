@@ -99,6 +99,32 @@ class VgsslModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._tick = None
+        self._apply_batchnorm_mode()
+
+    def train(self, mode: bool = True) -> "VgsslModule":
+        super().train(mode)
+        if mode:
+            self._apply_batchnorm_mode()
+        return self
+
+    def _apply_batchnorm_mode(self) -> None:
+        """With ``trainer.batchnorm: frozen``, the backbones' BatchNorm layers stay in eval mode
+        whenever the module trains (Lightning leaves modes as it finds them, and restores them
+        after validation, so this runs at every epoch start and on every ``train()``).
+
+        Why: with random initialisation a BatchNorm at its initial statistics (mean 0, var 1)
+        passes colour and brightness through, and that network is a fair place descriptor;
+        recomputing the statistics on the data alone (no gradient step) drops the demo world's
+        validation R@1 from 20 to 9, so a short run spends its budget climbing back. Frozen
+        statistics make training a refinement of the descriptor it starts from (with ImageNet
+        weights: the ImageNet statistics, the usual choice for small fine-tuning batches).
+        The projection heads' BatchNorm1d (BYOL, SimSiam, Barlow Twins, VICReg) always trains:
+        those methods rely on it.
+        """
+        if self.cfg["trainer"]["batchnorm"] == "frozen":
+            for module in self.method.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
