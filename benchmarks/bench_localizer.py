@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "config" / "localizer.yaml"
@@ -203,7 +203,7 @@ def main() -> int:
         print(f"| {name} | {r['p50_ms']} | {r['p95_ms']} | {r['mean_ms']} |")
     print(f"\nend-to-end / in-process: p50 {ratio:.2f}, p95 {ratio95:.2f} (target p50 <= 1.2); node exit status {code}")
     payload = {
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": machine(), "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2), "device": str(localizer.device),
         "torch_threads": torch.get_num_threads(), "model_image_size": localizer.config["image_size"],
         "frame": "640x480 rgb8", "frames": args.frames, "pause_s": args.pause, "rows": rows,

@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
 import torch
 
 from vgssl_core.bags import BagReader
@@ -158,7 +158,7 @@ def main() -> None:
     print(f"\nfusion latency ratio {'<= 1.10: OK' if ok else 'ABOVE 1.10'}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    out.write_text(json.dumps({"machine": machine(), "cpus": os.cpu_count(),
                                "torch_threads": torch.get_num_threads(), "mapping": mapping, "tests": tests,
                                "rows": rows}, indent=2, default=str))
     print(f"wrote {out}")

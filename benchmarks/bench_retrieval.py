@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
 from vgssl_core.retrieval import ExactIndex, ground_truth, recall_at_n
 
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"| {r['n_database']} | {r['dim']} | {r['index_build_s']} | {r['search_ms_per_query']} | {r['recall_s']} | {r['index_gb']} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     print(f"\nwrote {out}")
 
 

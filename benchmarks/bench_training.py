@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -51,6 +50,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
 STEP_PRESET = REPO / "config" / "strategies" / "simclr-fc-1-2048-1.yaml"
@@ -501,19 +502,11 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def machine() -> str:
+def torch_setup() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
 
 
 def bench_step(data: Path, args, tmp: Path) -> dict:
@@ -696,7 +689,7 @@ def main() -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     started, load_start = time.perf_counter(), load_average()
-    result: dict = {"machine": machine(), "load_average_start": load_start, "quick": quick}
+    result: dict = {"machine": machine(), "torch": torch_setup(), "load_average_start": load_start, "quick": quick}
     if args.only in (None, "step"):
         data = world(cache, "demo", STEP_SIZE)
         print(f"(a) step time on {data} ...", flush=True)

@@ -189,6 +189,85 @@ def test_compressed_images_are_localized_and_a_broken_jpeg_is_skipped(world, sta
     assert node.stop() == 0
 
 
+# --- temporal fusion -------------------------------------------------------------------------------
+def loop_order(route: list) -> list[int]:
+    """Indices of the test split's images in driving order: around the block (by angle about its centre)."""
+    utm = np.array([u for _, u in route])
+    centre = utm.mean(0)
+    return [int(i) for i in np.argsort(np.arctan2(utm[:, 1] - centre[1], utm[:, 0] - centre[0]))]
+
+
+def fusion_stamp(k: int) -> Time:
+    return Time(sec=2000 + k // 2, nanosec=(k % 2) * 500_000_000)  # a frame every 0.5 s
+
+
+def test_fusion_follows_the_route_and_ignores_one_out_of_place_frame(world, start_node, ros_node):
+    node = start_node(NODE, *localizer_args(world, "camera/image_raw", "-p", "image_transport:=raw",
+                                            "-p", "fusion:=bayes"))
+    locs = ros_node.subscribe(Localization, "localization")
+    fixes = ros_node.subscribe(NavSatFix, "fix")
+    poses = ros_node.subscribe(PoseWithCovarianceStamped, "pose")
+    diagnostics = ros_node.subscribe(DiagnosticArray, "/diagnostics")
+    camera = ros_node.node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    ros_node.wait_for_subscribers(camera, timeout=STARTUP_TIMEOUT)
+    ros_node.wait_for_publishers("localization")
+    route = world[2]
+    loop = loop_order(route)[:22]  # ~3 m apart on average: ~6 m/s
+    middle = len(loop) // 2
+    here = np.array(route[loop[middle - 1]][1])
+    far = max(range(len(route)), key=lambda j: np.hypot(*(np.array(route[j][1]) - here)))
+    assert np.hypot(*(np.array(route[far][1]) - here)) > 60.0  # the other side of the block
+    frames = [(route[i][0], route[i][1]) for i in loop[:middle]] + [(route[far][0], tuple(here))] + \
+             [(route[i][0], route[i][1]) for i in loop[middle:]]  # the out-of-place frame: truth = where we are
+
+    answers = []
+    for k, (rgb, _) in enumerate(frames):
+        msg = raw_image(rgb, 0)
+        msg.header.stamp = fusion_stamp(k)
+        answers.append(publish_until_answered(ros_node, camera, msg, locs))
+    fused_errors = [error_m(loc, utm) for loc, (_, utm) in zip(answers, frames)]
+    raw_errors = [math.hypot(loc.matches[0].easting - utm[0], loc.matches[0].northing - utm[1])
+                  for loc, (_, utm) in zip(answers, frames)]
+    assert all(len(loc.matches) == 5 for loc in answers)  # the raw top_k, though fusion searched deeper
+    assert all(0.0 <= loc.confidence <= 1.0 for loc in answers)
+    settled = [e for k, e in enumerate(fused_errors) if k >= 3 and k != middle]
+    assert sum(e <= RADIUS_M for e in settled) >= 0.8 * len(settled), f"fused errors [m]: {fused_errors}"
+    assert raw_errors[middle] > 50.0, raw_errors  # the frame alone says: the other side of the block
+    assert fused_errors[middle] <= RADIUS_M, f"fused jumped {fused_errors[middle]:.0f} m: {fused_errors}"
+    assert max(fused_errors[middle + 1:middle + 3]) <= RADIUS_M, fused_errors  # and stays on the route
+
+    ros_node.spin_for(0.3)
+    for k, loc in enumerate(answers):  # every output carries the fused fix, with the frame's stamp
+        fix = with_stamp(fixes, fusion_stamp(k))
+        assert fix and (fix[0].latitude, fix[0].longitude) == (loc.latitude, loc.longitude)
+        assert np.array(fix[0].position_covariance).reshape(3, 3)[:2, :2].tolist() == \
+            np.array(loc.position_covariance).reshape(2, 2).tolist()
+        if abs(loc.confidence - 0.5) < 1e-6:
+            continue  # float32 in the message: too close to min_confidence to tell
+        confident = loc.confidence >= 0.5
+        assert fix[0].status.status == (NavSatStatus.STATUS_FIX if confident else NavSatStatus.STATUS_NO_FIX)
+        pose = with_stamp(poses, fusion_stamp(k))
+        assert len(pose) == confident
+        if pose:
+            position = pose[0].pose.pose.position
+            assert (position.x, position.y) == (loc.easting, loc.northing)
+    assert poses, "no fused fix reached min_confidence"
+
+    rgb, utm = route[loop[0]]  # the camera's clock goes back (a bag looped): a restart, not an error
+    msg = raw_image(rgb, 0)
+    msg.header.stamp = fusion_stamp(0)
+    msg.header.stamp.nanosec += 1
+    assert error_m(publish_until_answered(ros_node, camera, msg, locs), utm) <= RADIUS_M
+    values = latest_diagnostics(ros_node, diagnostics, lambda v: int(v.get("fusion_resets", "0")) >= 1)
+    assert values["fusion"] == "bayes" and values["frames_failed"] == "0"
+    node.wait_for_output("temporal fusion restarted")
+    assert "ERROR" not in node.output() and node.is_running()
+    print(f"fusion: {values['fusion_p50_us']} us a frame (median), latency p50 {values['latency_p50_ms']} ms; "
+          f"fused errors [m] {[round(e) for e in fused_errors]}")
+    assert float(values["fusion_p50_us"]) < 0.05 * 1e3 * float(values["latency_p50_ms"])  # < 5% of a frame
+    assert node.stop() == 0
+
+
 # --- robustness --------------------------------------------------------------------------------
 def test_localizer_survives_malformed_images(world, start_node, ros_node):
     node = start_node(NODE, *localizer_args(world, "camera/image_raw", "-p", "image_transport:=raw"))
@@ -310,6 +389,17 @@ def test_missing_checkpoint_or_database_is_a_one_line_error(world, tmp_path, ros
         lines = [line for line in output.splitlines() if line.strip()]
         assert len(lines) == 1 and str(path) in lines[0] and "FATAL" in lines[0], output
         assert "Traceback" not in output
+
+
+def test_unknown_fusion_is_a_one_line_error(world, ros_env):
+    ckpt, db, _ = world
+    argv = [sys.executable, "-m", NODE, "--ros-args", "--params-file", str(PARAMS), "-p", f"checkpoint:={ckpt}",
+            "-p", f"database:={db}", "-p", "fusion:=kalman"]
+    result = subprocess.run(argv, cwd=REPO, env=ros_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=STARTUP_TIMEOUT)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stdout
+    assert "FATAL" in lines[0] and "'fusion' is 'kalman'" in lines[0] and "none, bayes" in lines[0]
 
 
 def test_parameters_of_the_running_node_are_the_yaml_files(world, start_node, ros_node):

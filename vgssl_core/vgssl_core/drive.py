@@ -38,7 +38,7 @@ from .synth import PRESETS, SPLITS, City, Condition, sample_condition
 from .synth.captures import DB_LANE_M
 from .synth.city import LETTER, ZONE, blocks_for_length
 from .synth.conditions import ROLES, SEASON, TIME_OF_DAY, TRAFFIC, WEATHER
-from .synth.writer import DEFAULT_SIZE, _check_size
+from .synth.writer import DEFAULT_SIZE, check_image_size
 
 IMAGE_TOPIC = "/camera/image_raw"
 COMPRESSED_TOPIC = "/camera/image_raw/compressed"
@@ -62,7 +62,7 @@ def drive_city(*, preset: str = "tiny", seed: int = 0, split: str = "test", worl
     """
     if split not in SPLITS:
         raise VgsslError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-    image_size = None if image_size is None else _check_size(image_size)
+    image_size = None if image_size is None else check_image_size(image_size)
     if world is not None:
         city = City.from_world(world, split)
         if image_size is not None and tuple(image_size) != (city.camera.width, city.camera.height):

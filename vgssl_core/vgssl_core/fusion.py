@@ -41,7 +41,7 @@ microseconds per frame, well under a descriptor's cost (``benchmarks/bench_repla
 
     fusion = PlaceFilter(db.utm)
     for frame in frames:
-        result = localizer.localize(rgb, top_k=20)
+        result = localizer.localize(rgb, top_k=max(localizer.top_k, SEARCH_DEPTH))
         fused = fusion.update(stamp_ns, [m.index for m in result.matches], [m.distance for m in result.matches])
         fused.index, fused.easting, fused.northing, fused.probability
 """
@@ -57,6 +57,10 @@ from scipy.spatial import cKDTree
 from .errors import VgsslError
 
 METHODS = ("none", "bayes")
+# Retrieved places per frame the filter observes (at least the caller's top_k): the deeper the
+# list, the more look-alikes a frame can vote for and the steadier d_k, its reference distance.
+# The replay and the live localizer both search this deep, so a replayed fusion is the live one.
+SEARCH_DEPTH = 20
 CANDIDATES = 16  # the estimate compares the neighbourhoods of this many likeliest places
 DENSE_MAX = 65536  # up to this many places the prediction scatters into a dense array (faster than sorting)
 

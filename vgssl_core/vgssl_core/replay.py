@@ -47,7 +47,7 @@ from . import __version__
 from .bags import IMAGE_TYPES, NAVSATFIX, BagMessage, BagReader, BagReadError, play
 from .errors import VgsslError
 from .evaluation import PLOT_THRESHOLDS_M, write_json
-from .fusion import FusedEstimate, FusionParams, PlaceFilter, make_filter
+from .fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
 from .gnss import GnssTrack
 from .localization import LocalizationResult, Localizer, estimate_fix
 from .retrieval import DEFAULT_NS, ground_truth, recall_at_n
@@ -142,7 +142,8 @@ class Replay:
                                  f"({self.track.counts}); no frame can be evaluated")
             self.fusion_name = fusion
             self.filter: PlaceFilter | None = make_filter(fusion, self.db.utm, fusion_params)
-            self.search_k = max(max(self.ns), localizer.top_k)
+            self.fusion_k = max(localizer.top_k, SEARCH_DEPTH)  # what the live localizer feeds its filter
+            self.search_k = max(max(self.ns), localizer.top_k, self.fusion_k if self.filter else 0)
             self.n_images = self.bag.message_count(self.image_topic)
         except BaseException:
             self.close()
@@ -192,7 +193,7 @@ class Replay:
         fused, fusion_s = None, 0.0
         if self.filter is not None:
             t = time.perf_counter()
-            fused = self.filter.update(frame.stamp_ns, idx, dist)
+            fused = self.filter.update(frame.stamp_ns, idx[:self.fusion_k], dist[:self.fusion_k])
             fusion_s = time.perf_counter() - t
         return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, reason, result, fused,
                            frame.decode_s, fusion_s, fix_utm, idx[:max(self.ns)], dist[:max(self.ns)])

@@ -37,7 +37,8 @@ ROLE_FOLDER = {"database": "database", "query": "queries"}
 ROLE_ID = {"database": 0, "query": 1}
 
 
-def _check_size(image_size: tuple[int, int] | None) -> tuple[int, int]:
+def check_image_size(image_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) of rendered images (default 160x120); worlds and drives share the limits."""
     if image_size is None:
         return DEFAULT_SIZE
     try:
@@ -150,7 +151,7 @@ def generate_world(out: str | Path, preset: str = "tiny", seed: int = 0,
     """
     if preset not in PRESETS:
         raise VgsslError(f"unknown synth preset '{preset}'; valid presets: {', '.join(PRESETS)}")
-    size = _check_size(image_size)
+    size = check_image_size(image_size)
     seed = int(seed)
     root = Path(out)
     start = time.perf_counter()
