@@ -31,6 +31,7 @@ PARAMS = REPO / "config" / "bag_replay.yaml"
 NODE = "vgssl_ros.bag_replay"
 IMAGES, GNSS = "/camera/image_raw", "/gnss/fix"
 FRAMES, CAMERA_HZ = 40, 10.0
+LONG = 300  # frames of the Ctrl-C test's drive
 STARTUP_TIMEOUT = 90.0  # s: importing torch and loading the model on a busy 2-core machine
 RATE_TOLERANCE = 0.15  # live mode: measured rate within +-15 % of the requested one
 
@@ -113,7 +114,12 @@ def test_live_mode_plays_every_frame_at_the_requested_rate_with_its_stamps_and_t
     median_gap = statistics.median(np.diff(times))
     print(f"live replay: {(FRAMES - 1) / span_s:.2f} Hz over the span, {1 / median_gap:.2f} Hz median "
           f"inter-arrival, requested {wanted_hz:.1f} Hz")
-    assert abs(span_s / expected_s - 1) <= RATE_TOLERANCE, f"{FRAMES} frames in {span_s:.3f} s, not {expected_s:.3f} s"
+    assert abs(wanted_hz * median_gap - 1) <= RATE_TOLERANCE, f"median gap {median_gap:.4f} s at {wanted_hz} Hz"
+    # The whole span: never faster than asked; slower only by the tolerance or one stall of a
+    # loaded machine (play() keeps to the recorded schedule, so one late frame does not add up).
+    slack_s = max(RATE_TOLERANCE * expected_s, 0.5)
+    assert (1 - RATE_TOLERANCE) * expected_s <= span_s <= expected_s + slack_s, \
+        f"{FRAMES} frames in {span_s:.3f} s, not {expected_s:.3f} s"
     assert [ns_of(c.clock) for c in clocks] == bag_ns  # /clock: each frame's recorded time, in order
     assert f"replayed {FRAMES} frames" in node.output()
 
@@ -139,14 +145,21 @@ def test_offline_mode_writes_the_report_of_vgssl_replay(inputs, start_node, tmp_
     assert f"offline replay: 1/{FRAMES} frames" in output and "report.json" in output and "Traceback" not in output
 
 
-def test_ctrl_c_during_an_offline_replay_writes_the_report_so_far_and_exits_0(inputs, start_node, tmp_path):
+def test_ctrl_c_during_an_offline_replay_writes_the_report_so_far_and_exits_0(inputs, tiny_world, start_node,
+                                                                              tmp_path):
+    # A drive of its own, long enough (LONG frames on the CPU: seconds) that Ctrl-C lands mid-way
+    # on any machine; the test stops the node at its first progress line.
+    _, ckpt, db = inputs
+    long_bag = tmp_path / "long_drive"
+    assert run_cli("synth", "--bag", long_bag, "--world", tiny_world, "--rate", CAMERA_HZ, "--max-frames", LONG,
+                   "--quiet") == 0
     out = tmp_path / "out"
-    node = start_node(NODE, *offline_args(inputs, out))
-    node.wait_for_output(f"offline replay: 1/{FRAMES} frames", STARTUP_TIMEOUT)
+    node = start_node(NODE, *offline_args((long_bag, ckpt, db), out, "device:=cpu"))
+    node.wait_for_output(f"offline replay: 1/{LONG} frames", STARTUP_TIMEOUT)
     assert node.stop() == 0
     report = json.loads((out / "report.json").read_text())
     assert not report["complete"] and report["stopped"] == "stopped by request"
-    assert 1 <= report["n_read"] < FRAMES and report["n_frames"] <= report["n_read"]
+    assert 1 <= report["n_read"] < LONG and report["n_frames"] <= report["n_read"]
     assert "partial" in node.output() and "Traceback" not in node.output()
 
 

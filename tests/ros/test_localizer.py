@@ -203,7 +203,7 @@ def fusion_stamp(k: int) -> Time:
 
 def test_fusion_follows_the_route_and_ignores_one_out_of_place_frame(world, start_node, ros_node):
     node = start_node(NODE, *localizer_args(world, "camera/image_raw", "-p", "image_transport:=raw",
-                                            "-p", "fusion:=bayes"))
+                                            "-p", "fusion:=bayes", "-p", "device:=cpu"))  # the 5 % bound is for a CPU frame
     locs = ros_node.subscribe(Localization, "localization")
     fixes = ros_node.subscribe(NavSatFix, "fix")
     poses = ros_node.subscribe(PoseWithCovarianceStamped, "pose")

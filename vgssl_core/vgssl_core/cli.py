@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        json_path = getattr(args, "json", None)
+        if json_path and Path(json_path).is_dir():  # before the work, not after it
+            raise VgsslError(f"{json_path}: is a folder; give a file path for --json")
         return COMMANDS[args.command][1](args)
     except VgsslError as exc:
         print(f"vgssl {args.command}: error: {user_message(exc)}", file=sys.stderr)

@@ -124,13 +124,22 @@ STRATEGIES = Path(__file__).resolve().parents[2] / "config" / "strategies"
 
 
 def resolve_preset(name: str | Path) -> Path:
-    """A preset file, or a name in ``config/strategies/`` (``demo-simclr``)."""
+    """A preset file, or a bare name in ``config/strategies/`` (``demo-simclr``).
+
+    Only a bare name (no folder, no ``.yaml``) is looked up among the presets: a path a user typed
+    (``./mine.yaml``, ``cfg/demo-simclr.yaml``) is their file or an error, never a shipped preset
+    of the same name.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    candidate = STRATEGIES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
-    if path.parent == Path(".") and candidate.is_file():
+    text = str(name)
+    candidate = STRATEGIES / f"{text}.yaml"
+    bare = "/" not in text and "\\" not in text and not text.endswith((".yaml", ".yml"))
+    if bare and candidate.is_file():
         return candidate
+    if not bare:
+        raise VgsslError(f"{name}: config file not found")
     have = ", ".join(sorted(p.stem for p in STRATEGIES.glob("*.yaml"))[:8]) if STRATEGIES.is_dir() else "none"
     raise VgsslError(f"strategy preset '{name}' not found (as a file or in {STRATEGIES}); e.g. {have}, ...")
 

@@ -205,7 +205,8 @@ def ensure_attention(run: Run, *, n: int = 8, target: str = "retrieved", device=
         return run
     run.attention = None  # measured with another n, target or checkpoint: not what was asked for
     if ckpt is None:
-        run_checkpoint(run.path)  # says what is missing
+        log(f"{run.path}: no best.ckpt or last.ckpt; geo-relevance not measured")
+        return run
     root = Path(run.data_root)
     if not root.is_dir():
         where = "" if root.is_absolute() else " (a relative path: run 'vgssl table' from where the run trained)"

@@ -146,12 +146,16 @@ def _checkpoints(given: list[str], labels: str | None) -> list[tuple[Path, str]]
 
 
 def _unique(names: list[str]) -> list[str]:
-    """``a, a, b`` -> ``a, a-2, b``."""
-    seen: dict[str, int] = {}
+    """``a, a, b`` -> ``a, a-2, b``; a number is added until the name is unused (``a, a, a-2``)."""
+    taken: set[str] = set()
     unique = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+        candidate, k = name, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{name}-{k}"
+        taken.add(candidate)
+        unique.append(candidate)
     return unique
 
 

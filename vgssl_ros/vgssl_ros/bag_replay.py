@@ -159,7 +159,10 @@ class BagReplayNode(Node):
 
             result = run_replay(bag, localizer, image_topic=image_topic, gnss_topic=gnss_topic, every=p["every"],
                                 fusion=p["fusion"], stop=self.stop, on_frame=progress, progress=False)
-        write_report(result, out)
+        try:
+            write_report(result, out)
+        except OSError as err:  # a full disk after the replay: say so in one line, not a traceback
+            raise VgsslError(f"{out}: cannot write the report ({err.strerror or err})") from None
         return self._finish_offline(result.report, out)
 
     def _finish_offline(self, r: dict[str, Any], out: Path) -> int:
@@ -187,6 +190,8 @@ class BagReplayNode(Node):
                                               qos_profile_sensor_data)
             clock = self._clock_publisher() if p["publish_clock"] else None
             n = bag.message_count(topic)
+            if n == 0:
+                raise VgsslError(f"{bag.path}: no frames on {topic}; nothing to replay")
             log.info(f"live replay of {bag.path}: {n} frames of {topic} ({msgtype}) -> {publisher.topic_name} at "
                      f"{p['rate']:g}x the recorded rate{', with /clock' if clock else ''}"
                      f"{', looping' if p['loop'] else ''}")
@@ -281,11 +286,12 @@ def main(args: list[str] | None = None) -> int:
         spinner.start()
         return node.run()
     except VgsslError as err:
-        get_logger(NODE_NAME).fatal(f"cannot start: {err}")
+        get_logger(NODE_NAME).fatal(f"{'stopped' if replaying.is_set() else 'cannot start'}: {err}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # a signal during start-up: nothing was replayed, nothing to write
         return 0
     finally:
+        replaying.set()  # from here a signal only sets stop: the clean-up always runs to the end
         if executor is not None:
             executor.shutdown()
         if spinner is not None:

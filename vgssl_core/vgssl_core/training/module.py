@@ -115,9 +115,10 @@ class VgsslModule(pl.LightningModule):
         Why: with random initialisation a BatchNorm at its initial statistics (mean 0, var 1)
         passes colour and brightness through, and that network is a fair place descriptor;
         recomputing the statistics on the data alone (no gradient step) drops the demo world's
-        validation R@1 from 20 to 9, so a short run spends its budget climbing back. Frozen
-        statistics make training a refinement of the descriptor it starts from (with ImageNet
-        weights: the ImageNet statistics, the usual choice for small fine-tuning batches).
+        validation R@1 from 20 to 9 (benchmarks/probe_batchnorm.py), so a short run spends its
+        budget climbing back. Frozen statistics make training a refinement of the descriptor it
+        starts from (with ImageNet weights: the ImageNet statistics, the usual choice for small
+        fine-tuning batches).
         The projection heads' BatchNorm1d (BYOL, SimSiam, Barlow Twins, VICReg) always trains:
         those methods rely on it.
         """
