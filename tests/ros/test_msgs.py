@@ -294,7 +294,10 @@ def test_localize_image_service_between_processes(tmp_path, start_node, ros_node
     assert not response.success and "unsupported image encoding 'yuv422'" in response.message
 
     assert server.is_running()
-    assert server.stop() == 0  # Ctrl-C is a clean exit (ExternalShutdownException caught)
+    # Not asserted: the stand-in is test code, and once in ~10 full-suite runs on CI its process
+    # hung in rclpy/Fast DDS teardown after SIGINT (killed after 10 s). The clean Ctrl-C exit of
+    # the project's own nodes is asserted in test_localizer.py and test_bag_replay.py.
+    server.stop()
 
 
 def test_camera_frames_all_arrive_with_the_shipped_profile(tmp_path, start_node, ros_node):
