@@ -23,7 +23,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
 from testkit import run_cli
-from vgssl_core.bags import BagReader
+from vgssl_core.bags import IMAGE, BagReader, BagWriter
 from vgssl_ros.messages import image_to_rgb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,6 +164,13 @@ def test_ctrl_c_during_an_offline_replay_writes_the_report_so_far_and_exits_0(in
 
 
 # --- bad input ---------------------------------------------------------------------------------
+def empty_camera_bag(path: Path) -> Path:
+    """A bag whose camera topic is declared but holds no message (a recording stopped at once)."""
+    with BagWriter(path) as bag:
+        bag._connection(IMAGES, IMAGE)  # the topic alone: BagWriter has no public way to write nothing
+    return path
+
+
 def test_a_missing_topic_or_bag_is_a_one_line_error(inputs, start_node, tmp_path):
     bag = inputs[0]
     has = f"it has: {IMAGES} [sensor_msgs/msg/Image], {GNSS} [sensor_msgs/msg/NavSatFix]"
@@ -173,6 +180,8 @@ def test_a_missing_topic_or_bag_is_a_one_line_error(inputs, start_node, tmp_path
         (start_node(NODE, *offline_args(inputs, tmp_path / "out", "gnss_topic:=/gps/missing")),
          ["no GNSS topic '/gps/missing'", has]),
         (start_node(NODE, *node_args("mode:=live", f"bag:={tmp_path / 'no_bag'}")), [f"{tmp_path / 'no_bag'}: no bag"]),
+        (start_node(NODE, *node_args("mode:=live", f"bag:={empty_camera_bag(tmp_path / 'empty')}", "loop:=true")),
+         [f"no frames on {IMAGES}"]),  # with loop, an empty topic must not spin forever
     ]
     for node, says in runs:
         assert node.wait(30.0) == 2, node.output()
