@@ -34,9 +34,10 @@ def _world(out: Path, preset: str, seed: int, progress: bool) -> tuple[Path, flo
 
 
 def print_table(rows: list[dict[str, Any]], ns=("1", "5", "10")) -> str:
-    head = f"| {'method':<28} | {'category':<22} | " + " | ".join(f"R@{n:>3}" for n in ns) + " | time (s) |"
+    width = max(28, *(len(r["method"]) for r in rows))
+    head = f"| {'method':<{width}} | {'category':<22} | " + " | ".join(f"R@{n:>3}" for n in ns) + " | time (s) |"
     line = "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"
-    body = [f"| {r['method']:<28} | {r['category']:<22} | " + " | ".join(f"{r['recall'][n]:5.1f}" for n in ns)
+    body = [f"| {r['method']:<{width}} | {r['category']:<22} | " + " | ".join(f"{r['recall'][n]:5.1f}" for n in ns)
             + f" | {r['seconds']:8.1f} |" for r in rows]
     table = "\n".join([head, line, *body])
     print(table)
