@@ -391,15 +391,19 @@ def test_missing_checkpoint_or_database_is_a_one_line_error(world, tmp_path, ros
         assert "Traceback" not in output
 
 
-def test_unknown_fusion_is_a_one_line_error(world, ros_env):
+@pytest.mark.parametrize("param, says", [
+    ("fusion:=kalman", ["unknown fusion 'kalman'", "none, bayes"]),
+    ("fusion_max_speed_mps:=-1.0", ["parameter fusion_max_speed_mps must be > 0, got -1.0"]),
+])
+def test_bad_fusion_parameters_are_a_one_line_error(world, ros_env, param, says):
     ckpt, db, _ = world
     argv = [sys.executable, "-m", NODE, "--ros-args", "--params-file", str(PARAMS), "-p", f"checkpoint:={ckpt}",
-            "-p", f"database:={db}", "-p", "fusion:=kalman"]
+            "-p", f"database:={db}", "-p", param]
     result = subprocess.run(argv, cwd=REPO, env=ros_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=STARTUP_TIMEOUT)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stdout
-    assert "FATAL" in lines[0] and "'fusion' is 'kalman'" in lines[0] and "none, bayes" in lines[0]
+    assert "FATAL" in lines[0] and all(s in lines[0] for s in says), lines[0]
 
 
 def test_parameters_of_the_running_node_are_the_yaml_files(world, start_node, ros_node):

@@ -324,8 +324,13 @@ def _neighbours(xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, 
     return indptr, dst.astype(np.int64), dist
 
 
-def make_filter(method: str, db_utm: np.ndarray, params: FusionParams | None = None) -> PlaceFilter | None:
-    """The fusion named ``method`` (``"none"``: None, single-frame localization) over a database."""
+def check_method(method: str) -> str:
+    """``method`` if it names a fusion, else a one-line ``VgsslError`` (callers check before slow work)."""
     if method not in METHODS:
         raise VgsslError(f"unknown fusion '{method}'; use one of {', '.join(METHODS)}")
-    return None if method == "none" else PlaceFilter(db_utm, params)
+    return method
+
+
+def make_filter(method: str, db_utm: np.ndarray, params: FusionParams | None = None) -> PlaceFilter | None:
+    """The fusion named ``method`` (``"none"``: None, single-frame localization) over a database."""
+    return None if check_method(method) == "none" else PlaceFilter(db_utm, params)

@@ -124,10 +124,9 @@ class BagReplayNode(Node):
     # --- offline: the core's replay and report -------------------------------------------------------
     def _run_offline(self) -> int:
         p, log = self.p, self.get_logger()
-        from vgssl_core.fusion import METHODS
+        from vgssl_core.fusion import check_method
 
-        if p["fusion"] not in METHODS:
-            raise VgsslError(f"parameter 'fusion' is {p['fusion']!r}; use one of {', '.join(METHODS)}")
+        check_method(p["fusion"])  # before the bag and the model: a typo costs milliseconds
         out = Path(p["out"])
         with BagReader(p["bag"]) as bag:  # bag mistakes first: milliseconds, the model takes seconds
             image_topic = bag.pick_topic(p["image_topic"], IMAGE_TYPES, "image topic", "-p image_topic:=TOPIC")

@@ -75,6 +75,7 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
 from vgssl_core.fusion import METHODS as FUSION_METHODS
 from vgssl_core.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
+from vgssl_core.fusion import check_method as check_fusion
 from vgssl_msgs.msg import Localization
 from vgssl_msgs.srv import LocalizeImage
 from vgssl_ros.frame_slot import FrameSlot, ProcessingStats
@@ -213,13 +214,12 @@ class LocalizerNode(Node):
             raise VgsslError(f"parameter 'cpu_threads' must be >= 0, got {values['cpu_threads']}")
         if not values["image_topic"]:
             raise VgsslError("parameter 'image_topic' is empty: name the camera topic")
-        if values["fusion"] not in FUSION_METHODS:
-            raise VgsslError(f"parameter 'fusion' is {values['fusion']!r}; use one of {', '.join(FUSION_METHODS)}")
-        for name in ("fusion_max_speed_mps", "fusion_reset_after_s"):
-            if not values[name] > 0:
-                raise VgsslError(f"parameter '{name}' must be > 0, got {values[name]}")
-        values["fusion_params"] = FusionParams(max_speed_mps=values["fusion_max_speed_mps"],
-                                               reset_after_s=values["fusion_reset_after_s"])
+        check_fusion(values["fusion"])
+        try:  # FusionParams checks its own values; the node's parameter is its field with "fusion_"
+            values["fusion_params"] = FusionParams(max_speed_mps=values["fusion_max_speed_mps"],
+                                                   reset_after_s=values["fusion_reset_after_s"])
+        except ValueError as err:
+            raise VgsslError(f"parameter fusion_{err}") from None
         return values
 
     def _fusion_note(self) -> str:
