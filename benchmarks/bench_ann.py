@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from benchkit import machine  # benchmarks/benchkit.py, next to this script
-from vgssl_core.mapdb import ApproximateIndex, build_ann_index, resolve_index_spec
+from vgssl_core.evaluation.search import ApproximateIndex, build_ann_index, resolve_index_spec
 
 CHUNK = 65536
 

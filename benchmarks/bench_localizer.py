@@ -63,7 +63,7 @@ def camera_frame(world: Path | None) -> np.ndarray:
     import cv2
 
     if world is not None:
-        from vgssl_core.dataset import load_image, load_split
+        from vgssl_core.data.dataset import load_image, load_split
 
         rgb = np.asarray(load_image(load_split(world, "test").database.paths[7]))
         return cv2.resize(rgb, (640, 480), interpolation=cv2.INTER_LINEAR)
@@ -115,8 +115,8 @@ def main() -> int:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image, NavSatFix
 
-    from vgssl_core.image_codec import encode_raw
-    from vgssl_core.localization import Localizer
+    from vgssl_core.localization.image_codec import encode_raw
+    from vgssl_core.localization.localizer import Localizer
     from vgssl_msgs.msg import Localization
     from vgssl_ros.messages import image_to_rgb
 

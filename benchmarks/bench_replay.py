@@ -30,13 +30,15 @@ import numpy as np
 from benchkit import machine  # benchmarks/benchkit.py, next to this script
 import torch
 
-from vgssl_core.bags import BagReader
-from vgssl_core.descriptors import resolve_device
-from vgssl_core.drive import GNSS_TOPIC, IMAGE_TOPIC, record_drive
-from vgssl_core.evaluation import load_descriptor_model
-from vgssl_core.fusion import PlaceFilter
-from vgssl_core.localization import Localizer
-from vgssl_core.replay import build_database_from_bag, run_replay, write_report
+from vgssl_core.rosbag.bags import BagReader
+from vgssl_core.evaluation.descriptors import resolve_device
+from vgssl_core.synth.drive import GNSS_TOPIC, IMAGE_TOPIC, record_drive
+from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.localization.fusion import PlaceFilter
+from vgssl_core.localization.localizer import Localizer
+from vgssl_core.rosbag.maps import build_database_from_bag
+from vgssl_core.rosbag.replay import run_replay
+from vgssl_core.rosbag.report import write_report
 
 UNTRAINED = {"pretrained": "none", "image_size": [120, 160], "head_layers": 0}
 

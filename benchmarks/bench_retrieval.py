@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
-from vgssl_core.retrieval import ExactIndex, ground_truth, recall_at_n
+from vgssl_core.evaluation.search import ExactIndex
+from vgssl_core.evaluation.recall import ground_truth, recall_at_n
 
 
 def synthetic(n: int, dim: int, rng: np.random.Generator, extent_m: float) -> tuple[np.ndarray, np.ndarray]:

@@ -54,9 +54,9 @@ from pathlib import Path
 from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
-STEP_PRESET = REPO / "config" / "strategies" / "simclr-fc-1-2048-1.yaml"
-MINING_PRESETS = {"partial": REPO / "config" / "strategies" / "triplet-partial.yaml",
-                  "full": REPO / "config" / "strategies" / "triplet-full.yaml"}
+STEP_PRESET = "simclr-fc-1-2048-1"  # shipped preset names: load_config and --config take them
+MINING_PRESETS = {"partial": "triplet-partial",
+                  "full": "triplet-full"}
 STEP_SIZE = (224, 224)  # (height, width) of (a); square, so (width, height) for the renderer too
 BATCH = 16
 PREP_SIZE = (120, 160)  # (height, width) of (b): the synthetic world's native size
@@ -82,7 +82,7 @@ def world(cache: Path, preset: str, hw: tuple[int, int]) -> Path:
 
 # -- configs (the presets, with only what the benchmark needs changed) ------------------------
 def step_config(workers: int, max_steps: int) -> dict:
-    from vgssl_core.config import load_config
+    from vgssl_core.training.config import load_config
 
     return load_config(STEP_PRESET, [
         f"model.image_size=[{STEP_SIZE[0]},{STEP_SIZE[1]}]", f"data.batch_size={BATCH}", f"data.workers={workers}",
@@ -91,14 +91,14 @@ def step_config(workers: int, max_steps: int) -> dict:
 
 
 def prep_config(variant: str, workers: int) -> dict:
-    from vgssl_core.config import load_config
+    from vgssl_core.training.config import load_config
 
     preset = STEP_PRESET if variant == "geopair" else MINING_PRESETS[variant]
     return load_config(preset, [f"model.image_size=[{PREP_SIZE[0]},{PREP_SIZE[1]}]", f"data.workers={workers}"])
 
 
 def geopair_config(cfg: dict):
-    from vgssl_core.geopairs import GeoPairConfig
+    from vgssl_core.data.geopairs import GeoPairConfig
 
     d = cfg["data"]
     return GeoPairConfig(train_radius_m=d["train_radius_m"], eval_radius_m=d["eval_radius_m"],
@@ -109,8 +109,8 @@ def geopair_config(cfg: dict):
 def full_steps(data: Path, cfg: dict, first: int, last: int) -> list[int]:
     """Steps in [first, last) whose batch and previous batch both hold ``BATCH`` pairs (place-aware
     batching leaves a few smaller ones; they would make a step look cheaper)."""
-    from vgssl_core.dataset import load_split
-    from vgssl_core.geopairs import GeoPairSampler
+    from vgssl_core.data.dataset import load_split
+    from vgssl_core.data.geopairs import GeoPairSampler
 
     sizes = [len(b) for b in GeoPairSampler(load_split(data, "train"), geopair_config(cfg)).shard(0)]
     return [s for s in range(max(first, 1), min(last, len(sizes))) if sizes[s] == sizes[s - 1] == BATCH]
@@ -247,8 +247,8 @@ def _collated_batches(data: Path, cfg: dict, count: int) -> list:
     """The first ``count`` full batches of epoch 0, as the DataLoader would hand them over."""
     from torch.utils.data import default_collate
 
-    from vgssl_core.dataset import load_split
-    from vgssl_core.geopairs import GeoPairSampler
+    from vgssl_core.data.dataset import load_split
+    from vgssl_core.data.geopairs import GeoPairSampler
     from vgssl_core.training.data import GeoPairImages
 
     split = load_split(data, "train")
@@ -262,10 +262,10 @@ def child_breakdown(job: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, default_collate
 
-    from vgssl_core.dataset import load_image, load_split
-    from vgssl_core.geopairs import QUERY, EpochBatches, GeoPairSampler
+    from vgssl_core.data.dataset import load_image, load_split
+    from vgssl_core.data.geopairs import QUERY, EpochBatches, GeoPairSampler
     from vgssl_core.training.data import GeoPairImages
-    from vgssl_core.transforms import seeded
+    from vgssl_core.data.transforms import seeded
 
     data = Path(job["data"])
     cfg = step_config(0, 1)
@@ -337,7 +337,7 @@ def child_prepare(job: dict) -> dict:
 
     import numpy as np
 
-    from vgssl_core.dataset import load_split
+    from vgssl_core.data.dataset import load_split
     from vgssl_core.training.module import VgsslModule
 
     variant = job["variant"]
@@ -396,9 +396,9 @@ def child_projection(job: dict) -> dict:
     images exist), and how many images each refresh describes."""
     import numpy as np
 
-    from vgssl_core.dataset import GeoSplit, ImageSet
-    from vgssl_core.geo import GeoTag
-    from vgssl_core.geopairs import GeoPairSampler
+    from vgssl_core.data.dataset import GeoSplit, ImageSet
+    from vgssl_core.data.geo import GeoTag
+    from vgssl_core.data.geopairs import GeoPairSampler
     from vgssl_core.synth.captures import plan_captures
     from vgssl_core.synth.city import LETTER, ZONE, City, blocks_for_length
     from vgssl_core.synth.presets import PRESETS

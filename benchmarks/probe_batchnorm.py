@@ -16,10 +16,11 @@ import argparse
 
 import torch
 
-from vgssl_core.config import load_config
-from vgssl_core.dataset import load_image, load_split
-from vgssl_core.evaluation import evaluate_split, load_descriptor_model
-from vgssl_core.transforms import eval_transform
+from vgssl_core.training.config import load_config
+from vgssl_core.data.dataset import load_image, load_split
+from vgssl_core.evaluation.split import evaluate_split
+from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.data.transforms import eval_transform
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vgssl_core.geo import format_image_name, utm_to_latlon
+from vgssl_core.data.geo import format_image_name, utm_to_latlon
 
 ZONE, LETTER = 32, "T"
 ORIGIN = (396000.0, 4991000.0)

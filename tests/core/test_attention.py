@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from testkit import run_cli
-from vgssl_core import attention
-from vgssl_core.attention import (attention_shares, class_ids, geo_relevance, gradcam_maps, mask_path, pick_queries,
+from vgssl_core.evaluation import attention
+from vgssl_core.evaluation.attention import (attention_shares, class_ids, geo_relevance, gradcam_maps, mask_path, pick_queries,
                                   read_mask, summarise_shares)
-from vgssl_core.evaluation import load_descriptor_model
+from vgssl_core.models.loading import load_descriptor_model
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_geo_relevance_is_computed_from_the_masks(tiny_world, monkeypatch):
 
 
 def load_split_queries(root):
-    from vgssl_core.dataset import load_split
+    from vgssl_core.data.dataset import load_split
 
     return load_split(root, "test").queries.ids
 
@@ -153,7 +153,7 @@ def test_gradcam_takes_run_folders_and_gives_each_label_its_own_folder(tiny_worl
 
 
 def test_overlay_folders_stay_inside_the_output_folder():
-    from vgssl_core.results_cli import _folder_names
+    from vgssl_core.cli.results import _folder_names
 
     assert _folder_names(["..", ".", "a/../b", "SimCLR", "SimCLR"]) == ["model", "model-2", "a_.._b", "SimCLR",
                                                                          "SimCLR-2"]

@@ -1,11 +1,11 @@
-"""rosbag2 bags through `vgssl_core.bags`: round trips in mcap and sqlite3, raw messages, bad bags."""
+"""rosbag2 bags through `vgssl_core.rosbag.bags`: round trips in mcap and sqlite3, raw messages, bad bags."""
 
 import os
 
 import numpy as np
 import pytest
 
-from vgssl_core.bags import (COMPRESSED_IMAGE, IMAGE, NAVSATFIX, STATUS_FIX, STATUS_NO_FIX, BagMessage,
+from vgssl_core.rosbag.bags import (COMPRESSED_IMAGE, IMAGE, NAVSATFIX, STATUS_FIX, STATUS_NO_FIX, BagMessage,
                              BagReader, BagWriter, play, typestore)
 from vgssl_core.errors import VgsslError
 

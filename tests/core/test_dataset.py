@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from testkit import ORIGIN, make_dataset, write_geo_image
-from vgssl_core.dataset import load_image, load_split
+from vgssl_core.data.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
 
 

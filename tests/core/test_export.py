@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from testkit import run_cli
-from vgssl_core.checkpoint import file_sha256
-from vgssl_core.dataset import load_image, load_split
+from vgssl_core.io import file_sha256
+from vgssl_core.data.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
-from vgssl_core.evaluation import load_descriptor_model
-from vgssl_core.export import TOLERANCE, export_model, load_exported, sidecar_path
-from vgssl_core.localization import Localizer
+from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.models.export import TOLERANCE, export_model, load_exported, sidecar_path
+from vgssl_core.localization.localizer import Localizer
 
 
 def onnx_available():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.fusion import FusionParams, PlaceFilter, make_filter
+from vgssl_core.localization.fusion import FusionParams, PlaceFilter, make_filter
 
 SPACING_M = 3.0
 RATE_HZ = 2.0

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.geo import format_image_name, parse_image_name
+from vgssl_core.data.geo import format_image_name, parse_image_name
 
 REAL_NAMES = {
     # Pitts30k (benchmark downloader): pano id and tile fields

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from testkit import make_dataset
-from vgssl_core.dataset import load_split
+from vgssl_core.data.dataset import load_split
 from vgssl_core.errors import VgsslError
-from vgssl_core.geopairs import DB_NEGATIVE, QUERY, EpochBatches, GeoPairConfig, GeoPairSampler
+from vgssl_core.data.geopairs import DB_NEGATIVE, QUERY, EpochBatches, GeoPairConfig, GeoPairSampler
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import utm
 
-from vgssl_core.bags import STATUS_FIX, STATUS_NO_FIX, GnssFix
+from vgssl_core.rosbag.bags import STATUS_FIX, STATUS_NO_FIX, GnssFix
 from vgssl_core.errors import VgsslError
-from vgssl_core.gnss import GAP, NO_GNSS, OUTSIDE, GnssTrack
+from vgssl_core.rosbag.gnss import GAP, NO_GNSS, OUTSIDE, GnssTrack
 
 S = 1_000_000_000  # ns per second
 E0, N0 = 396000.0, 4991000.0  # zone 32T, Turin
@@ -106,7 +106,7 @@ def test_an_empty_track_has_no_position_anywhere():
 
 
 def test_a_header_stamp_of_zero_falls_back_to_the_bag_stamp(tmp_path):
-    from vgssl_core.bags import BagReader, BagWriter
+    from vgssl_core.rosbag.bags import BagReader, BagWriter
 
     with BagWriter(tmp_path / "b") as bag:
         bag.write_navsat("/fix", 0, 45.0, 7.7, bag_stamp_ns=5 * S)

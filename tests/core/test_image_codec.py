@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.image_codec import (
+from vgssl_core.localization.image_codec import (
     ENCODINGS,
     decode_compressed,
     decode_raw,

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from testkit import run_cli
-from vgssl_core.dataset import load_image, load_split
+from vgssl_core.data.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
-from vgssl_core.localization import Localizer, estimate_fix
+from vgssl_core.localization.localizer import Localizer, estimate_fix
 
 
 # --- estimate_fix: no model needed -----------------------------------------------------------

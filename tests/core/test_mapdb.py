@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from testkit import run_cli
-from vgssl_core import mapdb
-from vgssl_core.checkpoint import file_sha256
-from vgssl_core.dataset import load_image, load_split
+from vgssl_core.localization import database as mapdb
+from vgssl_core.io import file_sha256
+from vgssl_core.data.dataset import load_image, load_split
 from vgssl_core.errors import VgsslError
-from vgssl_core.evaluation import load_descriptor_model
-from vgssl_core.mapdb import FILES, MapDatabase, build_database
+from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.localization.database import FILES, MapDatabase, build_database
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_a_crash_while_rebuilding_keeps_the_old_database(tiny_world, ckpt, built
     def crash(path, payload):
         raise KeyboardInterrupt  # e.g. Ctrl-C while the files are written
 
-    monkeypatch.setattr(mapdb, "_save_json", crash)
+    monkeypatch.setattr(mapdb, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         build_database(model, cfg, ckpt, split.paths[:4], split.utm[:4], None, split.ids[:4], 32, "T", db,
                        progress=False)

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from testkit import run_cli
-from vgssl_core.bags import BagReader, BagWriter
-from vgssl_core.geo import format_image_name, utm_to_latlon
-from vgssl_core.localization import Localizer
-from vgssl_core.replay import run_replay, write_report
+from vgssl_core.rosbag.bags import BagReader, BagWriter
+from vgssl_core.data.geo import format_image_name, utm_to_latlon
+from vgssl_core.localization.localizer import Localizer
+from vgssl_core.rosbag.replay import run_replay
+from vgssl_core.rosbag.report import write_report
 
 IMAGES, GNSS, TRUTH = "/camera/image_raw", "/gnss/fix", "/ground_truth/fix"
 S = 1_000_000_000

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from testkit import run_cli
-from vgssl_core import results
-from vgssl_core.config import load_config, resolve_preset
+from vgssl_core.training import results
+from vgssl_core.training.config import load_config, resolve_preset
 from vgssl_core.errors import VgsslError
-from vgssl_core.results import build_table, collect_runs, run_grid, to_csv, to_markdown
+from vgssl_core.training.results import build_table, collect_runs, run_grid, to_csv, to_markdown
 
 
 def make_run(folder, method, *, name=None, r1=50.0, r5=70.0, r10=80.0, seed=0, data="/data/world-demo-0",
@@ -169,8 +169,8 @@ def fake_measure(monkeypatch):
         calls.append(n)
         return {"geo_share": 0.5, "geo_lift": 1.2, "transient_share": 0.01, "target": target}
 
-    monkeypatch.setattr("vgssl_core.attention.geo_relevance", measure)
-    monkeypatch.setattr("vgssl_core.evaluation.load_descriptor_model", lambda ckpt: (None, {}, ""))
+    monkeypatch.setattr("vgssl_core.evaluation.attention.geo_relevance", measure)
+    monkeypatch.setattr("vgssl_core.models.loading.load_descriptor_model", lambda ckpt: (None, {}, ""))
     return calls
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.retrieval import ExactIndex, evaluate_retrieval, prepare
+from vgssl_core.evaluation.search import ExactIndex, prepare
+from vgssl_core.evaluation.recall import evaluate_retrieval
 
 
 def brute_force_recall(db, q, db_utm, q_utm, ns, threshold, metric):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.geo import parse_image_name
+from vgssl_core.data.geo import parse_image_name
 from vgssl_core.synth import CLASS_NAMES, PRESETS, SPLITS, City, Condition, generate_world
 from vgssl_core.synth.classes import PEDESTRIAN, VEHICLE
 

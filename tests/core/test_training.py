@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from testkit import run_cli
-from vgssl_core.checkpoint import descriptor_weights, read_checkpoint
+from vgssl_core.models.checkpoint import descriptor_weights, read_checkpoint
 from vgssl_core.methods import METHODS
 
 FAST = ["--quiet", "data.batch_size=6", "data.workers=0", "model.image_size=[64,96]",

@@ -28,8 +28,8 @@ from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 
-from vgssl_core.dataset import load_image, load_split
-from vgssl_core.image_codec import encode_compressed, encode_raw
+from vgssl_core.data.dataset import load_image, load_split
+from vgssl_core.localization.image_codec import encode_compressed, encode_raw
 from vgssl_msgs.msg import Localization
 from vgssl_msgs.srv import LocalizeImage
 from vgssl_ros.localizer import PARAMETERS

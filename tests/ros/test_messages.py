@@ -13,8 +13,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.image_codec import encode_compressed, encode_raw
-from vgssl_core.localization import Fix, LocalizationResult, Match, StageTimes
+from vgssl_core.localization.image_codec import encode_compressed, encode_raw
+from vgssl_core.localization.localizer import Fix, LocalizationResult, Match, StageTimes
 from vgssl_msgs.msg import Localization
 from vgssl_ros.frame_slot import FrameSlot, ProcessingStats
 from vgssl_ros.messages import (

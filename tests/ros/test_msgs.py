@@ -10,7 +10,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
-from vgssl_core.image_codec import encode_compressed, encode_raw
+from vgssl_core.localization.image_codec import encode_compressed, encode_raw
 from vgssl_msgs.msg import Localization, PlaceMatch
 from vgssl_msgs.srv import LocalizeImage
 
@@ -120,7 +120,7 @@ SERVER = textwrap.dedent(
     from rclpy.node import Node
 
     from vgssl_core.errors import VgsslError
-    from vgssl_core.image_codec import decode_compressed, decode_raw
+    from vgssl_core.localization.image_codec import decode_compressed, decode_raw
     from vgssl_msgs.msg import PlaceMatch
     from vgssl_msgs.srv import LocalizeImage
 

@@ -46,7 +46,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from vgssl_core.bags import COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, NAVSATFIX, BagReader, BagReadError, play
+from vgssl_core.rosbag.bags import COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, NAVSATFIX, BagReader, BagReadError, play
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
 from vgssl_ros.parameters import declare_read_only
 
@@ -124,7 +124,7 @@ class BagReplayNode(Node):
     # --- offline: the core's replay and report -------------------------------------------------------
     def _run_offline(self) -> int:
         p, log = self.p, self.get_logger()
-        from vgssl_core.fusion import check_method
+        from vgssl_core.localization.fusion import check_method
 
         check_method(p["fusion"])  # before the bag and the model: a typo costs milliseconds
         out = Path(p["out"])
@@ -139,8 +139,9 @@ class BagReplayNode(Node):
                 import torch
 
                 torch.set_num_threads(p["cpu_threads"])
-            from vgssl_core.localization import Localizer  # torch, faiss: after the cheap checks
-            from vgssl_core.replay import run_replay, write_report
+            from vgssl_core.localization.localizer import Localizer  # torch, faiss: after the cheap checks
+            from vgssl_core.rosbag.replay import run_replay
+            from vgssl_core.rosbag.report import write_report
 
             localizer = Localizer(p["checkpoint"], p["database"], device=p["device"], top_k=p["top_k"])
             total = -(-bag.message_count(image_topic) // p["every"])
@@ -165,7 +166,7 @@ class BagReplayNode(Node):
         return self._finish_offline(result.report, out)
 
     def _finish_offline(self, r: dict[str, Any], out: Path) -> int:
-        from vgssl_core.replay_cli import summary_line
+        from vgssl_core.rosbag.report import summary_line
 
         log = self.get_logger()
         if r["complete"] or self.stop.is_set():

@@ -4,7 +4,7 @@
         -p checkpoint:=run/last.ckpt -p database:=maps/city -p image_topic:=/camera/image_raw
     python -m vgssl_ros.localizer --ros-args ...          # the same, from the venv
 
-A thin wrapper: ``vgssl_core.localization.Localizer`` loads the model and the map database once
+A thin wrapper: ``vgssl_core.localization.localizer.Localizer`` loads the model and the map database once
 (and warms them up), ``vgssl_ros.messages`` converts messages, ``vgssl_ros.frame_slot`` holds the
 newest frame. The node only wires them to ROS:
 
@@ -22,7 +22,7 @@ newest frame. The node only wires them to ROS:
 
 Temporal fusion (``fusion: bayes``; default ``none``, each frame on its own). One frame's
 retrieval flickers (a look-alike street wins now and then), but the camera moves continuously.
-With fusion on, ``vgssl_core.fusion.PlaceFilter`` (a discrete Bayes filter over the database
+With fusion on, ``vgssl_core.localization.fusion.PlaceFilter`` (a discrete Bayes filter over the database
 places, the one the offline replay measures) keeps a belief across frames, and per frame:
 
 * the search goes ``max(top_k, fusion.SEARCH_DEPTH)`` deep, the depth the replay feeds its
@@ -73,9 +73,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
-from vgssl_core.fusion import METHODS as FUSION_METHODS
-from vgssl_core.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
-from vgssl_core.fusion import check_method as check_fusion
+from vgssl_core.localization.fusion import METHODS as FUSION_METHODS
+from vgssl_core.localization.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
+from vgssl_core.localization.fusion import check_method as check_fusion
 from vgssl_msgs.msg import Localization
 from vgssl_msgs.srv import LocalizeImage
 from vgssl_ros.frame_slot import FrameSlot, ProcessingStats
@@ -131,7 +131,7 @@ def fused_result(result: Any, fused: FusedEstimate, database: Any, top_k: int, f
     covariance ``floor_m^2 + (1 - probability) x agree_radius_m^2`` on the diagonal, as
     ``estimate_fix`` widens a fix by what it could not rule out.
     """
-    from vgssl_core.localization import Fix  # torch: loaded by the Localizer already
+    from vgssl_core.localization.localizer import Fix  # torch: loaded by the Localizer already
 
     lat, lon = database.latlon_of(fused.easting, fused.northing)
     estimate = Fix(fused.easting, fused.northing, database.zone, database.letter, lat, lon)
@@ -151,7 +151,7 @@ class LocalizerNode(Node):
             import torch
 
             torch.set_num_threads(p["cpu_threads"])
-        from vgssl_core.localization import Localizer  # torch, faiss: after the cheap checks
+        from vgssl_core.localization.localizer import Localizer  # torch, faiss: after the cheap checks
 
         self.localizer = Localizer(p["checkpoint"], p["database"], device=p["device"], top_k=p["top_k"],
                                    force=p["force"])

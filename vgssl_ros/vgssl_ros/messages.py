@@ -5,7 +5,7 @@ conversion in between lives here so that it is tested on its own (tests/ros/test
 and shared by the node, its service and the benchmarks::
 
     rgb = image_to_rgb(msg)                                   # sensor_msgs/Image or CompressedImage
-    result = localizer.localize(rgb)                          # vgssl_core.localization
+    result = localizer.localize(rgb)                          # vgssl_core.localization.localizer
     localization_msg(result, msg.header.stamp, "utm", latency)  # vgssl_msgs/Localization
     navsatfix_msg(result, msg.header.stamp, "camera", min_confidence=0.5)
     pose_msg(result, msg.header.stamp, "utm")
@@ -42,12 +42,12 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.image_codec import decode_compressed, decode_raw
+from vgssl_core.localization.image_codec import decode_compressed, decode_raw
 from vgssl_msgs.msg import Localization, PlaceMatch
 from vgssl_ros.frame_slot import StatsSnapshot
 
 if TYPE_CHECKING:  # annotations only: importing it would load torch, which conversions never need
-    from vgssl_core.localization import LocalizationResult
+    from vgssl_core.localization.localizer import LocalizationResult
 
 # Variance [m^2 or rad^2] of what a visual fix does not measure (height, orientation):
 # a standard deviation of 1000 m / 1000 rad, i.e. "unknown" to any filter.
@@ -62,7 +62,7 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     """H x W x 3 uint8 RGB from a ``sensor_msgs/Image`` or ``CompressedImage``.
 
     Malformed messages (unknown encoding, step/size mismatch, empty, undecodable data) raise
-    ``VgsslError`` with a one-line message; see ``vgssl_core.image_codec``.
+    ``VgsslError`` with a one-line message; see ``vgssl_core.localization.image_codec``.
     """
     if isinstance(msg, Image):
         return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))

@@ -45,8 +45,8 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, NavSatFix  # noqa: E402
 
 from vgssl_core.cli import main as vgssl_cli  # noqa: E402
-from vgssl_core.dataset import load_image, load_split  # noqa: E402
-from vgssl_core.image_codec import encode_raw  # noqa: E402
+from vgssl_core.data.dataset import load_image, load_split  # noqa: E402
+from vgssl_core.localization.image_codec import encode_raw  # noqa: E402
 from vgssl_msgs.msg import Localization  # noqa: E402
 from vgssl_ros.ros_env import fastdds_profile_path, localhost_env  # noqa: E402
 

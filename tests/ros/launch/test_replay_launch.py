@@ -42,7 +42,7 @@ from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
-from vgssl_core.bags import BagReader  # noqa: E402
+from vgssl_core.rosbag.bags import BagReader  # noqa: E402
 from vgssl_core.cli import main as vgssl_cli  # noqa: E402
 from vgssl_msgs.msg import Localization  # noqa: E402
 from vgssl_ros.ros_env import fastdds_profile_path, localhost_env  # noqa: E402

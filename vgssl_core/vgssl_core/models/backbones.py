@@ -17,8 +17,8 @@ import torchvision
 from torch import Tensor, nn
 
 # Input normalisation of every backbone here (all are ImageNet-trained) is the one in
-# ``vgssl_core.transforms``; ``DescriptorModel.preprocess`` repeats it for tools that need it.
-from vgssl_core.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
+# ``vgssl_core.data.transforms``; ``DescriptorModel.preprocess`` repeats it for tools that need it.
+from vgssl_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401
 
 
 class ViTFeatureMap(nn.Module):

@@ -12,10 +12,10 @@ queries differ by time of day, weather, season and traffic the way real captures
     rgb, mask = city.render(*city.route(2.0)[0], Condition(), np.random.default_rng(0))
 """
 
-from .city import City
-from .classes import CLASS_NAMES
-from .conditions import Condition, sample_condition
-from .presets import PRESETS, SPLITS, Preset
-from .writer import generate_world
+from vgssl_core.synth.city import City
+from vgssl_core.synth.classes import CLASS_NAMES
+from vgssl_core.synth.conditions import Condition, sample_condition
+from vgssl_core.synth.presets import PRESETS, SPLITS, Preset
+from vgssl_core.synth.writer import generate_world
 
 __all__ = ["CLASS_NAMES", "City", "Condition", "PRESETS", "Preset", "SPLITS", "generate_world", "sample_condition"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .city import City
+from vgssl_core.synth.city import City
 
 QUERY_FREE_STREETS = 0.2
 DB_LANE_M, DB_LATERAL_M, DB_HEADING_DEG = 1.5, 0.4, 4.0  # the mapping car keeps to the right lane

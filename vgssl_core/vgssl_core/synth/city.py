@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VgsslError
-from ..geo import utm_to_latlon
-from .classes import BUILDING, LANDMARK
-from .conditions import Condition
-from .presets import SPLITS
-from .render import Boxes, Camera, render_view, visible_boxes
-from .streets import PITCH_M, StreetGrid
-from .style import COL, block_themes, building_styles, landmark_styles
-from .traffic import place_transients
+from vgssl_core.errors import VgsslError
+from vgssl_core.data.geo import utm_to_latlon
+from vgssl_core.synth.classes import BUILDING, LANDMARK
+from vgssl_core.synth.conditions import Condition
+from vgssl_core.synth.presets import SPLITS
+from vgssl_core.synth.render import Boxes, Camera, render_view, visible_boxes
+from vgssl_core.synth.streets import PITCH_M, StreetGrid
+from vgssl_core.synth.style import COL, block_themes, building_styles, landmark_styles
+from vgssl_core.synth.traffic import place_transients
 
 ZONE, LETTER = 32, "T"
 CENTRE_EAST, CENTRE_NORTH = 396000.0, 4991000.0  # Turin

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .classes import LANDMARK, ROAD, SIDEWALK, SKY, TERRAIN
-from .conditions import Condition, Season
-from .streets import StreetGrid
-from .style import facade_albedo, hash01
+from vgssl_core.synth.classes import LANDMARK, ROAD, SIDEWALK, SKY, TERRAIN
+from vgssl_core.synth.conditions import Condition, Season
+from vgssl_core.synth.streets import StreetGrid
+from vgssl_core.synth.style import facade_albedo, hash01
 
 KEEP_LAYERS = 6
 VIEW_M = 400.0  # ordinary buildings beyond this are lost in haze; landmarks are always drawn

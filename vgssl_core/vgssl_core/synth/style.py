@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import PEDESTRIAN, VEHICLE
+from vgssl_core.synth.classes import PEDESTRIAN, VEHICLE
 
 _WIDTHS = {
     "c1": 3, "c2": 3, "glass": 3, "sign": 3, "crown": 3,

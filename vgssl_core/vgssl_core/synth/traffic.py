@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import PEDESTRIAN, VEHICLE
-from .conditions import Condition
-from .render import Boxes
-from .streets import StreetGrid
-from .style import pedestrian_styles, vehicle_styles
+from vgssl_core.synth.classes import PEDESTRIAN, VEHICLE
+from vgssl_core.synth.conditions import Condition
+from vgssl_core.synth.render import Boxes
+from vgssl_core.synth.streets import StreetGrid
+from vgssl_core.synth.style import pedestrian_styles, vehicle_styles
 
 AREA_M = 60.0  # half-side of the square around the camera that gets traffic
 CLEAR_M = 2.0  # no object within this distance of the camera

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import VgsslError
-from ..geo import format_image_name, utm_to_latlon
-from .captures import Capture, plan_captures
-from .city import LETTER, ZONE, City, blocks_for_length
-from .classes import CLASS_NAMES
-from .conditions import sample_condition
-from .presets import PRESETS, SPLITS
+from vgssl_core.errors import VgsslError
+from vgssl_core.data.geo import format_image_name, utm_to_latlon
+from vgssl_core.synth.captures import Capture, plan_captures
+from vgssl_core.synth.city import LETTER, ZONE, City, blocks_for_length
+from vgssl_core.synth.classes import CLASS_NAMES
+from vgssl_core.synth.conditions import sample_condition
+from vgssl_core.synth.presets import PRESETS, SPLITS
 
 GENERATOR = "vgssl synth"
 FORMAT_VERSION = 1

@@ -1,5 +1,5 @@
 """Training: GeoPair and triplet data, hard-negative mining, the Lightning module, ``train()``."""
 
-from .run import train
+from vgssl_core.training.run import train
 
 __all__ = ["train"]

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from ..dataset import GeoSplit, load_image
-from ..geopairs import QUERY, GeoPair
-from ..transforms import eval_transform, seeded, train_transform
+from vgssl_core.data.dataset import GeoSplit, load_image
+from vgssl_core.data.geopairs import QUERY, GeoPair
+from vgssl_core.data.transforms import eval_transform, seeded, train_transform
 
 
 class GeoPairImages(Dataset):

@@ -19,10 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..dataset import GeoSplit
-from ..errors import VgsslError
-from ..retrieval import ExactIndex
-from .data import Triplet
+from vgssl_core.data.dataset import GeoSplit
+from vgssl_core.errors import VgsslError
+from vgssl_core.evaluation.search import ExactIndex
+from vgssl_core.training.data import Triplet
 
 Describe = Callable[[str, np.ndarray], np.ndarray]  # (side, indices) -> (N, D) descriptors
 

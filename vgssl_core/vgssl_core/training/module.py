@@ -16,16 +16,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .. import __version__
-from ..checkpoint import FORMAT_VERSION, KEY
-from ..dataset import GeoSplit
-from ..descriptors import extract_descriptors
-from ..errors import VgsslError
-from ..geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
-from ..methods import build_method
-from ..retrieval import prepare
-from .data import GeoPairImages, ListBatches, TripletImages
-from .mining import TripletMiner
+from vgssl_core import __version__
+from vgssl_core.models.checkpoint import FORMAT_VERSION, KEY
+from vgssl_core.data.dataset import GeoSplit
+from vgssl_core.evaluation.descriptors import extract_descriptors
+from vgssl_core.errors import VgsslError
+from vgssl_core.data.geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
+from vgssl_core.methods import build_method
+from vgssl_core.evaluation.search import prepare
+from vgssl_core.training.data import GeoPairImages, ListBatches, TripletImages
+from vgssl_core.training.mining import TripletMiner
 
 MODEL_PREFIX = "method.model."
 

@@ -19,11 +19,13 @@ from typing import Any
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
-from ..checkpoint import atomic_save, read_checkpoint
-from ..dataset import load_split
-from ..errors import VgsslError
-from ..evaluation import evaluate_split, load_descriptor_model, write_json
-from .module import VgsslModule
+from vgssl_core.models.checkpoint import read_checkpoint
+from vgssl_core.data.dataset import load_split
+from vgssl_core.errors import VgsslError
+from vgssl_core.evaluation.split import evaluate_split
+from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.io import torch_save, write_json
+from vgssl_core.training.module import VgsslModule
 
 log = logging.getLogger("vgssl")
 
@@ -32,7 +34,7 @@ class SafeCheckpointIO(CheckpointIO):
     """Atomic writes; reads only through ``torch.load(weights_only=True)`` (no code in a checkpoint)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_save(checkpoint, path)
+        torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return read_checkpoint(path)
@@ -112,7 +114,7 @@ def _init_netvlad(module: VgsslModule, cfg: dict[str, Any], n_images: int = 500)
     import torch
     from torch.utils.data import DataLoader
 
-    from ..descriptors import ImageFiles
+    from vgssl_core.evaluation.descriptors import ImageFiles
 
     split, model = module.train_split, module.method.model
     rng = np.random.default_rng(cfg["trainer"]["seed"])

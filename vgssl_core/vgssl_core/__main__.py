@@ -1,0 +1,7 @@
+"""``python -m vgssl_core`` is the ``vgssl`` command."""
+
+import sys
+
+from vgssl_core.cli import main
+
+sys.exit(main())

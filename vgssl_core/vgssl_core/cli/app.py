@@ -1,0 +1,63 @@
+"""The ``vgssl`` command line: thin argument parsing over the library.
+
+Every command prints a short human summary and can write machine-readable JSON (``--json``).
+A user mistake (bad path, bad file, bad config) is one line on stderr and exit code 2, never
+a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vgssl_core import __version__
+from vgssl_core.cli import evaluate, maps, replay, results, synth, train
+from vgssl_core.cli.common import Command
+from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError, user_message
+
+# The command groups, in the order ``vgssl --help`` lists them.
+GROUPS = (synth, evaluate, train, maps, replay, results)
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand by name."""
+    return {c.name: c for group in GROUPS for c in group.COMMANDS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgssl", description="Self-supervised visual geo-localization")
+    parser.add_argument("--version", action="version", version=f"vgssl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for c in commands().values():
+        c.add_args(sub.add_parser(c.name, help=c.help, description=c.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("faiss", "pytorch_lightning", "lightning_fabric", "lightning"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may sit anywhere among the options (argparse keeps positionals together)
+    if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        json_path = getattr(args, "json", None)
+        if json_path and Path(json_path).is_dir():  # before the work, not after it
+            raise VgsslError(f"{json_path}: is a folder; give a file path for --json")
+        return commands()[args.command].run(args)
+    except VgsslError as exc:
+        print(f"vgssl {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"vgssl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

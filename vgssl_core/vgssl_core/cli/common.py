@@ -1,0 +1,86 @@
+"""What every ``vgssl`` command shares: options, the JSON ending, list parsing, the registry type.
+
+Each command module keeps its own ``COMMANDS`` list, filled by :func:`registrar`; ``cli.main``
+imports the modules by name, so a command that fails to import fails loudly, and no module
+registers anything as a side effect of being imported somewhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vgssl_core.errors import VgsslError
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, one-line help, argument builder and ``run`` function."""
+
+    name: str
+    help: str
+    add_args: AddArgs
+    run: Run
+
+
+def registrar(commands: list[Command]) -> Callable[[str, str, AddArgs], Callable[[Run], Run]]:
+    """A decorator factory that appends ``Command`` entries to ``commands`` (the module's list)."""
+
+    def command(name: str, help_text: str, add_args: AddArgs) -> Callable[[Run], Run]:
+        def register(run: Run) -> Run:
+            commands.append(Command(name, help_text, add_args, run))
+            return run
+
+        return register
+
+    return command
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+
+
+def finish(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    """Write ``payload`` to ``--json`` when asked (atomically); exit status 0."""
+    if getattr(args, "json", None):
+        from vgssl_core.io import write_json
+
+        write_json(args.json, payload)
+    return 0
+
+
+def format_recall(recall: dict) -> str:
+    return "  ".join(f"R@{n} {r:5.1f}" for n, r in recall.items())
+
+
+def parse_ns(text: str, option: str = "--recall-n") -> tuple[int, ...]:
+    """Comma-separated N values of Recall@N, sorted and unique, each >= 1."""
+    try:
+        ns = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise VgsslError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if not ns or ns[0] < 1:
+        raise VgsslError(f"{option} values must be >= 1")
+    return ns
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """Comma-separated positive numbers (distance thresholds and the like)."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise VgsslError(f"{option} must be comma-separated numbers, got '{text}'") from None
+    if not values or not all(v > 0 and v != float("inf") for v in values):
+        raise VgsslError(f"{option} values must be finite and > 0, got '{text}'")
+    return values

@@ -1,0 +1,56 @@
+"""``vgssl eval``: Recall@N of a checkpoint, or of an untrained model, on a dataset split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, parse_ns, registrar
+from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.errors import VgsslError
+
+COMMANDS: list = []
+command = registrar(COMMANDS)
+
+
+# --- eval ----------------------------------------------------------------------------------
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root (<root>/images/<split>/...)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--ckpt", help="checkpoint; without it, the untrained default descriptor")
+    p.add_argument("--recall-n", default="1,5,10,20", help="comma-separated N values")
+    p.add_argument("--threshold", type=float, default=EVAL_RADIUS_M, help="metres for a correct match")
+    p.add_argument("--save-descriptors", metavar="NPZ", help="write db_desc, q_desc, db_utm, q_utm")
+    p.add_argument("--plots", metavar="PREFIX", help="write PREFIXrecall_vs_n.png and PREFIXrecall_vs_threshold.png")
+    add_runtime(p)
+    add_common(p)
+
+
+@command("eval", "Recall@N of a checkpoint (or the untrained descriptor) on a split", _eval_args)
+def run_eval(args: argparse.Namespace) -> int:
+    from vgssl_core.data.dataset import load_split
+    from vgssl_core.evaluation.descriptors import resolve_device
+    from vgssl_core.evaluation.split import evaluate_split, save_descriptors
+    from vgssl_core.models.loading import load_descriptor_model
+    from vgssl_core.evaluation.plots import plot_recalls
+
+    ns = parse_ns(args.recall_n)
+    split = load_split(args.data, args.split)
+    device = resolve_device(args.device)
+    model, cfg, note = load_descriptor_model(args.ckpt)
+    print(f"model: {note}")
+    model.to(device)
+    report, db_desc, q_desc, _ = evaluate_split(model, cfg, split, device, ns=ns, threshold_m=args.threshold,
+                                                batch_size=args.batch_size, workers=args.workers,
+                                                progress=not args.quiet)
+    report["checkpoint"] = args.ckpt
+    report["model_note"] = note
+    print(f"{split.summary()}  ->  {format_recall(report['recall'])}  (at {args.threshold:g} m, {report['seconds']:.1f} s)")
+    if args.save_descriptors:
+        save_descriptors(args.save_descriptors, split, db_desc, q_desc)
+    if args.plots:
+        for path in plot_recalls(report, args.plots):
+            print(f"plot: {path}")
+    return finish(args, report)
+
+

@@ -1,0 +1,63 @@
+"""``vgssl train`` and ``vgssl demo``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, registrar
+from vgssl_core.errors import VgsslError
+
+COMMANDS: list = []
+command = registrar(COMMANDS)
+
+
+# --- train ---------------------------------------------------------------------------------
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="strategy preset: a YAML file or a shipped preset name, e.g. demo-simclr")
+    p.add_argument("--data", required=True, help="dataset root with train/val/test splits")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, test.json)")
+    p.add_argument("--resume", help="RUN_DIR/last.ckpt of an interrupted run")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--max-epochs", type=int, help="stop after this many epochs")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
+    add_common(p)
+
+
+@command("train", "train a strategy (an SSL method on GeoPairs, or the triplet baseline)", _train_args)
+def run_train(args: argparse.Namespace) -> int:
+    from vgssl_core.training.config import load_config
+    from vgssl_core.training import train
+
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"trainer.max_steps={args.max_steps}")
+    if args.max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={args.max_epochs}")
+    cfg = load_config(args.config, overrides)
+    summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    line = f"trained {cfg.get('name') or cfg['method']}: {summary['steps']} steps in {summary['train_seconds']:.0f} s"
+    if "test" in summary:
+        line += f"; test {format_recall(summary['test']['recall'])}"
+    print(line)
+    print(f"checkpoints: {args.out}/last.ckpt" + (f", {args.out}/best.ckpt" if summary["best_val_r5"] is not None else ""))
+    return finish(args, summary)
+
+
+# --- demo ----------------------------------------------------------------------------------
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for the world and the runs")
+    p.add_argument("--preset", default="demo", help="synthetic world preset")
+    p.add_argument("--seed", type=int, default=0)
+    add_runtime(p)
+    add_common(p)
+
+
+@command("demo", "the whole pipeline on the built-in synthetic world", _demo_args)
+def run_demo(args: argparse.Namespace) -> int:
+    from vgssl_core.training.demo import run_demo as demo
+
+    return finish(args, demo(Path(args.out), preset=args.preset, seed=args.seed, device_name=args.device,
+                              batch_size=args.batch_size, workers=args.workers, progress=not args.quiet))
+
+

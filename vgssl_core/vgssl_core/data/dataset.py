@@ -1,0 +1,122 @@
+"""Geo-tagged dataset splits in the deep visual geo-localization benchmark layout.
+
+``<root>/images/<split>/{database,queries}/**/*.{jpg,jpeg,png}``: the folder the benchmark's
+downloader writes for Pitts30k, MSLS, Tokyo 24/7, St Lucia, Nordland or SF-XS, and the one
+``vgssl synth`` writes, loads with no conversion. Positives are found by radius on UTM
+easting/northing with a KD-tree, as the benchmark defines them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.spatial import cKDTree
+
+from vgssl_core.errors import VgsslError
+from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M, GeoTag, is_image_file, parse_image_name
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ImageSet:
+    """The images of one side (database or queries) of a split, with their geo-tags."""
+
+    paths: list[Path]
+    tags: list[GeoTag]
+    utm: np.ndarray = field(init=False)  # (N, 2) float64 easting, northing
+
+    def __post_init__(self) -> None:
+        self.utm = np.array([[t.east, t.north] for t in self.tags], dtype=np.float64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.name for p in self.paths]
+
+    def latlon(self) -> np.ndarray:
+        """(N, 2) latitude/longitude in degrees (NaN where the name has none)."""
+        return np.array(
+            [[np.nan if t.lat is None else t.lat, np.nan if t.lon is None else t.lon] for t in self.tags],
+            dtype=np.float64,
+        ).reshape(-1, 2)
+
+
+@dataclass
+class GeoSplit:
+    """Database and queries of one split, and the UTM zone they share."""
+
+    root: Path
+    name: str
+    database: ImageSet
+    queries: ImageSet
+    zone: int | None
+    letter: str | None
+
+    def positives(self, radius_m: float, *, of: str = "queries") -> list[np.ndarray]:
+        """Database indices within ``radius_m`` of each query (or database image), sorted."""
+        source = self.queries if of == "queries" else self.database
+        tree = cKDTree(self.database.utm)
+        hits = tree.query_ball_point(source.utm, r=radius_m)
+        return [np.array(sorted(h), dtype=np.int64) for h in hits]
+
+    def summary(self) -> str:
+        zone = f"{self.zone}{self.letter or ''}" if self.zone is not None else "no zone"
+        return f"{self.name}: {len(self.database)} database, {len(self.queries)} queries (UTM {zone})"
+
+
+def _scan(folder: Path) -> ImageSet:
+    if not folder.is_dir():
+        raise VgsslError(f"{folder}: folder is missing; expected <root>/images/<split>/{{database,queries}}/")
+    paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
+    if not paths:
+        raise VgsslError(f"{folder}: no .jpg/.jpeg/.png images found")
+    return ImageSet(paths, [parse_image_name(p) for p in paths])
+
+
+def _common_zone(split_dir: Path, sets: list[ImageSet]) -> tuple[int | None, str | None]:
+    """The one UTM zone of a split; distances across zones are meaningless, so mixing is an error."""
+    zones = {(t.zone, t.letter) for s in sets for t in s.tags if t.zone is not None}
+    numbers = {z for z, _ in zones}
+    if len(numbers) > 1:
+        example = {z: next(p for s in sets for p, t in zip(s.paths, s.tags) if t.zone == z) for z in numbers}
+        listing = ", ".join(f"zone {z} (e.g. {p.name})" for z, p in sorted(example.items()))
+        raise VgsslError(f"{split_dir}: images from several UTM zones in one split: {listing}")
+    if not zones:
+        return None, None
+    zone = numbers.pop()
+    letters = sorted({letter for _, letter in zones if letter})
+    return zone, (letters[0] if letters else None)
+
+
+def load_split(root: str | Path, split: str = "test") -> GeoSplit:
+    """Scan ``<root>/images/<split>``; a bad name, empty folder or mixed zones is a ``VgsslError``."""
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise VgsslError(f"{root}: not a dataset folder (no 'images/' inside); run 'vgssl synth --out {root}' to make one")
+    split_dir = images / split
+    if not split_dir.is_dir():
+        have = sorted(p.name for p in images.iterdir() if p.is_dir())
+        raise VgsslError(f"{split_dir}: split '{split}' is missing; this dataset has: {', '.join(have) or 'none'}")
+    database = _scan(split_dir / "database")
+    queries = _scan(split_dir / "queries")
+    zone, letter = _common_zone(split_dir, [database, queries])
+    return GeoSplit(root, split, database, queries, zone, letter)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image fully (so truncation is found now, never replaced by a blank image)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise VgsslError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise VgsslError(f"{path}: unreadable or truncated image ({exc})") from None

@@ -1,0 +1,44 @@
+"""A descriptor model ready to describe images: from a checkpoint, or untrained from a config.
+
+The one place every consumer (``vgssl eval``, ``build-db``, the localizer, the replay, Grad-CAM,
+export, the results grid) gets its model from, so they all agree on how a checkpoint's config
+and weights become a network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vgssl_core.errors import VgsslError
+from vgssl_core.models.checkpoint import descriptor_weights, read_checkpoint
+from vgssl_core.models.config import resolve_model_config
+from vgssl_core.models.network import build_model
+
+
+def load_descriptor_model(
+    ckpt: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """(model in eval mode, its config, a one-line note on where the weights came from)."""
+    if ckpt is None:
+        cfg = resolve_model_config(overrides)
+        # Without ImageNet weights the untrained descriptor is a random network: seed it, so the
+        # baseline every table compares against is the same network in every run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(cfg)
+        return model.eval(), cfg, getattr(model, "init_note", "untrained descriptor")
+    raw = read_checkpoint(ckpt)
+    cfg, state = descriptor_weights(raw)
+    # Weights come from the checkpoint: never fetch or look for ImageNet weights again.
+    cfg = resolve_model_config({**cfg, "pretrained": "none", "weights": None})
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VgsslError(
+            f"{ckpt}: weights do not match the model config stored in it "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
+        )
+    return model.eval(), cfg, f"checkpoint {Path(ckpt).name} (step {raw.get('global_step', '?')})"

@@ -1,0 +1,200 @@
+"""Training configs: a YAML preset, ``key=value`` overrides, and one schema of defaults.
+
+A strategy preset (package data: ``vgssl_core/presets/*.yaml``) names the paper's strategy (``simclr-fc-1-2048-1``)
+and holds only what differs from the defaults below; every hyperparameter the reference code
+hard-codes lives here or in the method's defaults with the paper's value. The resolved config
+is plain data (str/int/float/bool/list/dict/None), so it can travel inside checkpoints that
+load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.errors import VgsslError
+
+MINING_MODES = ("full", "partial", "random")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine")
+BATCHNORM_MODES = ("train", "frozen")
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "method": "simclr",
+    "model": {},  # see vgssl_core.models.resolve_model_config
+    "method_config": {},  # see vgssl_core.methods.resolve_method_config
+    "data": {
+        "train_radius_m": TRAIN_RADIUS_M,
+        "eval_radius_m": EVAL_RADIUS_M,
+        "queries_per_epoch": None,
+        "db_negative_ratio": 1.0,
+        "positive": "uniform",
+        "batch_size": 32,
+        "workers": 2,
+        "augment": {},  # see vgssl_core.data.transforms.DEFAULT_AUGMENT
+    },
+    "mining": {  # the triplet baseline only (Berton et al., CVPR 2022)
+        "mode": "partial",
+        "cache_refresh_queries": 1000,
+        "db_subset": 1000,
+        "negatives_per_query": 10,
+        "margin": 0.1,
+    },
+    "optim": {
+        "name": "adam",
+        "lr": 1.0e-5,
+        "weight_decay": 0.0,
+        "momentum": 0.9,
+        "scheduler": "none",
+        "warmup_steps": 0,
+        "grad_clip": None,
+    },
+    "trainer": {
+        "max_epochs": 10,
+        "max_steps": -1,
+        "precision": "32-true",
+        "val_every_n_epochs": 1,
+        "val_split": "val",
+        "test_split": "test",
+        "seed": 0,
+        "accelerator": "auto",
+        "devices": "auto",
+        "num_nodes": 1,
+        "strategy": "auto",
+        "deterministic": True,
+        "loggers": ["csv"],  # csv, tensorboard, wandb
+        "eval_batch_size": 32,
+        # Backbone BatchNorm during training: "train" (batch statistics, running stats updated:
+        # the benchmark's and VG-SSL's setting) or "frozen" (eval mode: the statistics the
+        # backbone started with are kept and only the affine weights learn).
+        "batchnorm": "train",
+    },
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in base:
+            raise VgsslError(f"unknown config key '{where}{key}'; valid keys: {', '.join(base)}")
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        elif isinstance(base[key], dict) and not base[key]:
+            if not isinstance(value, dict):
+                raise VgsslError(f"config key '{where}{key}' must be a mapping, got {value!r}")
+            out[key] = {**out[key], **value}  # free-form; validated by its own resolver
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``optim.lr=1e-4`` -> {"optim": {"lr": 0.0001}} (the value parsed as YAML)."""
+    if "=" not in text:
+        raise VgsslError(f"override '{text}' must look like key=value (e.g. optim.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str):  # YAML reads 1e-4 as a string; numbers written that way are numbers
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    node: dict[str, Any] = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return node
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def presets() -> dict[str, Path]:
+    """Shipped presets by name -> their resource (found with ``importlib.resources``: works from a
+    wheel, an editable install or a checkout alike)."""
+    folder = importlib.resources.files("vgssl_core") / "presets"
+    return {entry.name[:-len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_preset(name: str | Path) -> Path:
+    """A preset file, or the bare name of a shipped preset (``demo-simclr``).
+
+    Only a bare name (no folder, no ``.yaml``) is looked up among the presets: a path a user typed
+    (``./mine.yaml``, ``cfg/demo-simclr.yaml``) is their file or an error, never a shipped preset
+    of the same name.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    text = str(name)
+    bare = "/" not in text and "\\" not in text and not text.endswith((".yaml", ".yml"))
+    if not bare:
+        raise VgsslError(f"{name}: config file not found")
+    shipped = presets()
+    if text in shipped:
+        return shipped[text]
+    raise VgsslError(f"strategy preset '{name}' not found (as a file or a shipped preset); "
+                     f"'vgssl config list' shows them, e.g. {', '.join(sorted(shipped)[:6])}, ...")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = resolve_preset(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VgsslError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise VgsslError(f"{path}: a config must be a mapping at the top level")
+    return data
+
+
+def _float(value: Any, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise VgsslError(f"config key '{key}' must be a number, got {value!r}") from None
+
+
+def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Defaults <- preset <- overrides, validated; the method and model parts by their own resolvers."""
+    from vgssl_core.methods import canonical_method_name, model_config_for_method, resolve_method_config
+    from vgssl_core.data.transforms import resolve_augment_config
+
+    raw = dict(preset or {})
+    for text in overrides or []:
+        raw = _deep_update(raw, parse_override(text))
+    cfg = _merge(DEFAULTS, raw, "")
+    cfg["method"] = canonical_method_name(cfg["method"])
+    for section, key in (("optim", "lr"), ("optim", "weight_decay"), ("data", "db_negative_ratio"),
+                         ("data", "train_radius_m"), ("data", "eval_radius_m"), ("mining", "margin")):
+        cfg[section][key] = _float(cfg[section][key], f"{section}.{key}")
+    checks = [("mining.mode", cfg["mining"]["mode"], MINING_MODES),
+              ("trainer.precision", str(cfg["trainer"]["precision"]), PRECISIONS),
+              ("optim.name", cfg["optim"]["name"], OPTIMIZERS),
+              ("optim.scheduler", cfg["optim"]["scheduler"], SCHEDULERS),
+              ("trainer.batchnorm", cfg["trainer"]["batchnorm"], BATCHNORM_MODES)]
+    for key, value, valid in checks:
+        if value not in valid:
+            raise VgsslError(f"config key '{key}' is '{value}'; valid: {', '.join(valid)}")
+    cfg["method_config"] = resolve_method_config(cfg["method"], cfg["method_config"])
+    # the head's BatchNorm etc. follow the method unless the preset says otherwise
+    cfg["model"] = model_config_for_method(cfg["method"], cfg["model"])
+    cfg["data"]["augment"] = resolve_augment_config(cfg["data"]["augment"])
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    return resolve_config(read_yaml(path) if path else {}, overrides)
