@@ -54,7 +54,7 @@ def test_ivfpq_sizes_follow_the_map_and_bad_parameters_are_named():
     for kind, params, message in [
         ("ivfpq", {"m": 7}, "must divide the descriptor dimension 64"),
         ("ivfpq", {"nlist": 500}, "nlist=500 needs at least as many training descriptors"),
-        ("ivfpq", {"ef_search": 4}, "index 'ivfpq' has no parameter 'ef_search'"),
+        ("ivfpq", {"ef_search": 4}, "unknown index 'ivfpq' parameter key 'ef_search'"),
         ("hnsw", {"M": 0}, "must be a positive integer"),
         ("annoy", {}, "unknown index type 'annoy'"),
     ]:

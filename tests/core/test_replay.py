@@ -162,11 +162,11 @@ def test_ctrl_c_writes_the_report_of_what_was_processed(drive, db, ckpt, tmp_pat
     real = Localizer.localize
     calls = []
 
-    def interrupted_on_the_sixth(self, rgb, top_k=None):
+    def interrupted_on_the_sixth(self, rgb, top_k=None, **kwargs):
         calls.append(1)
         if len(calls) == 6:
             raise KeyboardInterrupt
-        return real(self, rgb, top_k)
+        return real(self, rgb, top_k, **kwargs)
 
     monkeypatch.setattr(Localizer, "localize", interrupted_on_the_sixth)
     code, out, report = replay(tmp_path, drive, db, ckpt)

@@ -13,6 +13,11 @@ class VgsslError(Exception):
     """A user-fixable problem; ``str(err)`` is a complete one-line message."""
 
 
+class ConfigError(VgsslError, ValueError):
+    """A bad config value (model, method, augmentation, index): a user error, and a ``ValueError``
+    for library callers that validate arguments the usual Python way."""
+
+
 def user_message(exc: BaseException) -> str | None:
     """The one-line message of a user error, also when a DataLoader worker re-raised it.
 

@@ -5,8 +5,9 @@
     python -m vgssl_ros.localizer --ros-args ...          # the same, from the venv
 
 A thin wrapper: ``vgssl_core.localization.localizer.Localizer`` loads the model and the map database once
-(and warms them up), ``vgssl_ros.messages`` converts messages, ``vgssl_ros.frame_slot`` holds the
-newest frame. The node only wires them to ROS:
+(and warms them up), ``vgssl_core.localization.session.LocalizationSession.step`` turns each frame into
+the fix to publish (the very step the offline replay runs), ``vgssl_ros.messages`` converts messages,
+``vgssl_ros.frame_slot`` holds the newest frame. The node only wires them to ROS:
 
 * subscribes to ``image_topic`` (``sensor_msgs/Image`` or ``CompressedImage``, chosen by
   ``image_transport``; ``auto`` waits for a publisher and takes its type) with sensor-data QoS
@@ -54,7 +55,6 @@ start with one line naming the path (exit status 2). Ctrl-C exits with status 0.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
@@ -74,7 +74,7 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
 from vgssl_core.localization.fusion import METHODS as FUSION_METHODS
-from vgssl_core.localization.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
+from vgssl_core.localization.fusion import FusionParams
 from vgssl_core.localization.fusion import check_method as check_fusion
 from vgssl_msgs.msg import Localization
 from vgssl_msgs.srv import LocalizeImage
@@ -123,23 +123,6 @@ DISCOVERY_POLL_S = 0.2  # image_transport auto: how often to look for the camera
 FUSION_COST_WINDOW = 100  # frames over which /diagnostics reports the filter's median cost
 
 
-def fused_result(result: Any, fused: FusedEstimate, database: Any, top_k: int, floor_m: float,
-                 agree_radius_m: float) -> Any:
-    """The frame's ``LocalizationResult`` with the fused estimate as its fix; matches cut to ``top_k``.
-
-    Confidence is the fused probability (mass within ``agree_radius_m`` of the estimate); the
-    covariance ``floor_m^2 + (1 - probability) x agree_radius_m^2`` on the diagonal, as
-    ``estimate_fix`` widens a fix by what it could not rule out.
-    """
-    from vgssl_core.localization.localizer import Fix  # torch: loaded by the Localizer already
-
-    lat, lon = database.latlon_of(fused.easting, fused.northing)
-    estimate = Fix(fused.easting, fused.northing, database.zone, database.letter, lat, lon)
-    variance = floor_m**2 + (1.0 - fused.probability) * agree_radius_m**2
-    return dataclasses.replace(result, estimate=estimate, confidence=float(fused.probability),
-                               covariance=variance * np.eye(2), matches=result.matches[:top_k])
-
-
 class LocalizerNode(Node):
     """See the module docstring. Raises ``VgsslError`` when it cannot start (bad parameter,
     missing checkpoint or database); call :meth:`close` before ``destroy_node``."""
@@ -152,13 +135,13 @@ class LocalizerNode(Node):
 
             torch.set_num_threads(p["cpu_threads"])
         from vgssl_core.localization.localizer import Localizer  # torch, faiss: after the cheap checks
+        from vgssl_core.localization.session import LocalizationSession
 
         self.localizer = Localizer(p["checkpoint"], p["database"], device=p["device"], top_k=p["top_k"],
                                    force=p["force"])
-        self.fusion_name = p["fusion"]
-        self.filter: PlaceFilter | None = make_filter(self.fusion_name, self.localizer.database.utm,
-                                                      p["fusion_params"])
-        self.search_k = max(self.localizer.top_k, SEARCH_DEPTH) if self.filter else self.localizer.top_k
+        # the camera's frames go through the same step as the offline replay's
+        self.session = LocalizationSession(self.localizer, fusion=p["fusion"], fusion_params=p["fusion_params"])
+        self.fusion_name, self.filter = p["fusion"], self.session.filter
         self._fusion_costs: deque[float] = deque(maxlen=FUSION_COST_WINDOW)  # seconds per update
         self._fusion_lock = threading.Lock()  # the worker appends, the diagnostics timer reads
         self.min_confidence = p["min_confidence"]
@@ -226,7 +209,7 @@ class LocalizerNode(Node):
         if self.filter is None:
             return ", no temporal fusion"
         prm = self.filter.params
-        return (f", temporal fusion {self.fusion_name} (search depth {self.search_k}, max speed "
+        return (f", temporal fusion {self.fusion_name} (search depth {self.session.depth}, max speed "
                 f"{prm.max_speed_mps:g} m/s, reset after {prm.reset_after_s:g} s)")
 
     def _discover_transport(self) -> None:
@@ -260,16 +243,25 @@ class LocalizerNode(Node):
                                         throttle_duration_sec=WARN_EVERY_S)
 
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        stamp = msg.header.stamp
+        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        if stamp_ns == 0 and self.filter is not None:
+            self.get_logger().warning(f"images on {self.image_topic} carry no header stamp (0): temporal fusion "
+                                      "cannot tell how far the camera moved between frames", once=True)
         try:
-            result = self.localizer.localize(image_to_rgb(msg), top_k=self.search_k)
+            step = self.session.step(image_to_rgb(msg), stamp_ns)
         except VgsslError as err:
             self.stats.record_bad(str(err))
             self.get_logger().warning(f"skipped a malformed image on {self.image_topic}: {err}",
                                       throttle_duration_sec=WARN_EVERY_S)
             return
-        stamp = msg.header.stamp
-        if self.filter is not None:
-            result = self._fuse(result, stamp.sec * 1_000_000_000 + stamp.nanosec)
+        if step.fused is not None:
+            with self._fusion_lock:
+                self._fusion_costs.append(step.fusion_s)
+            if step.fused.reset and self.filter.resets:  # not the first frame: time went back or paused too long
+                self.get_logger().info(f"temporal fusion restarted (image stamps went back or paused > "
+                                       f"{self.filter.params.reset_after_s:g} s)", throttle_duration_sec=WARN_EVERY_S)
+        result = step.output
         fix = navsatfix_msg(result, stamp, self.fix_frame_id or msg.header.frame_id, self.min_confidence)
         pose = pose_msg(result, stamp, self.utm_frame_id) if has_fix(result, self.min_confidence) else None
         latency = time.monotonic() - received
@@ -278,23 +270,6 @@ class LocalizerNode(Node):
         if pose is not None:
             self.pose_pub.publish(pose)
         self.stats.record_fix(latency)
-
-    def _fuse(self, result: Any, stamp_ns: int) -> Any:
-        """Feed the filter this frame's deep retrieval; the result with the fused fix and raw top-k matches."""
-        if stamp_ns == 0:
-            self.get_logger().warning(f"images on {self.image_topic} carry no header stamp (0): temporal fusion "
-                                      "cannot tell how far the camera moved between frames", once=True)
-        start = time.perf_counter()
-        fused = self.filter.update(stamp_ns, [m.index for m in result.matches], [m.distance for m in result.matches])
-        loc = self.localizer
-        result = fused_result(result, fused, loc.database, loc.top_k, loc.floor_m, loc.agree_radius_m)
-        cost = time.perf_counter() - start
-        with self._fusion_lock:
-            self._fusion_costs.append(cost)
-        if fused.reset and self.filter.resets:  # not the first frame: time went back or paused too long
-            self.get_logger().info(f"temporal fusion restarted (image stamps went back or paused > "
-                                   f"{self.filter.params.reset_after_s:g} s)", throttle_duration_sec=WARN_EVERY_S)
-        return result
 
     # --- service and diagnostics -------------------------------------------------------------------
     def _on_localize(self, request: LocalizeImage.Request, response: LocalizeImage.Response) -> LocalizeImage.Response:

@@ -17,6 +17,7 @@ import torchvision.transforms.v2 as T
 from PIL import Image
 
 from vgssl_core.errors import VgsslError
+from vgssl_core.options import fill_defaults
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,11 +51,9 @@ def eval_transform(image_size: tuple[int, int] | list[int]) -> T.Compose:
 
 
 def resolve_augment_config(partial: dict | None) -> dict[str, Any]:
-    cfg = dict(DEFAULT_AUGMENT)
-    for key, value in (partial or {}).items():
-        if key not in DEFAULT_AUGMENT:
-            raise VgsslError(f"unknown augmentation key '{key}'; valid keys: {', '.join(DEFAULT_AUGMENT)}")
-        cfg[key] = type(DEFAULT_AUGMENT[key])(value)
+    cfg = fill_defaults(partial, DEFAULT_AUGMENT, "augmentation")
+    for key, default in DEFAULT_AUGMENT.items():
+        cfg[key] = type(default)(cfg[key])
     if not 0.0 <= cfg["crop_scale"] < 1.0:
         raise VgsslError(f"augment.crop_scale must be in [0, 1), got {cfg['crop_scale']}")
     return cfg

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from vgssl_core.errors import VgsslError
+from vgssl_core.options import fill_defaults
 
 METRICS = ("ip", "l2")
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
@@ -102,10 +103,7 @@ def resolve_index_spec(kind: str = "flat", params: dict[str, Any] | None = None,
     if kind not in INDEX_TYPES:
         raise VgsslError(f"unknown index type '{kind}'; valid: {', '.join(INDEX_TYPES)}")
     given = {k: v for k, v in (params or {}).items() if v is not None}
-    unknown = sorted(set(given) - set(INDEX_PARAMS[kind]))
-    if unknown:
-        raise VgsslError(f"index '{kind}' has no parameter '{unknown[0]}'; valid: {', '.join(INDEX_PARAMS[kind]) or 'none'}")
-    spec = {"type": kind, **INDEX_PARAMS[kind], **given}
+    spec = {"type": kind, **fill_defaults(given, INDEX_PARAMS[kind], f"index '{kind}' parameter")}
     for key, value in spec.items():
         if key != "type" and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             if not (key == "rerank" and value == 0):

@@ -22,7 +22,9 @@ from vgssl_core.methods.simclr import SimCLR
 from vgssl_core.methods.simsiam import SimSiam
 from vgssl_core.methods.triplet import TripletBaseline
 from vgssl_core.methods.vicreg import VICReg
-from vgssl_core.models.config import ConfigError, resolve_model_config
+from vgssl_core.errors import ConfigError
+from vgssl_core.models.config import resolve_model_config
+from vgssl_core.options import fill_defaults
 from vgssl_core.models.network import build_model
 
 METHODS: dict[str, type[Method]] = {
@@ -51,13 +53,7 @@ def resolve_method_config(name: str, partial: dict | None) -> dict[str, Any]:
     """Fill defaults into ``partial`` and check keys and types; values are checked by the class."""
     key = canonical_method_name(name)
     defaults = default_method_config(key)
-    partial = {} if partial is None else partial
-    if not isinstance(partial, dict):
-        raise ConfigError(f"{key} config must be a mapping of keys to values, got {type(partial).__name__}")
-    unknown = sorted(set(partial) - set(defaults))
-    if unknown:
-        raise ConfigError(f"unknown {key} config key '{unknown[0]}'; valid keys: {', '.join(defaults) or '(none)'}")
-    cfg = {**defaults, **partial}
+    cfg = fill_defaults(partial, defaults, f"{key} config")
     for k, default in defaults.items():
         value = cfg[k]
         if isinstance(default, bool):

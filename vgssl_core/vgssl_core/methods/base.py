@@ -26,7 +26,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
-from vgssl_core.models.config import ConfigError
+from vgssl_core.errors import ConfigError
 from vgssl_core.models.network import DescriptorModel
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")

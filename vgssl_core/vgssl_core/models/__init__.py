@@ -8,7 +8,8 @@ NetVLAD) -> projection head FC-L-D. The projected embedding is the place descrip
 
 from vgssl_core.models.aggregation import GeM, L2Norm, MAC, NetVLAD, build_aggregation
 from vgssl_core.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, feature_channels
-from vgssl_core.models.config import CHOICES, DEFAULT_MODEL_CONFIG, ConfigError, resolve_model_config
+from vgssl_core.errors import ConfigError
+from vgssl_core.models.config import CHOICES, DEFAULT_MODEL_CONFIG, resolve_model_config
 from vgssl_core.models.heads import build_projection_head
 from vgssl_core.models.network import DescriptorModel, build_model
 from vgssl_core.models.weights import find_imagenet_weights, read_state_dict

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vgssl_core.errors import VgsslError
-
-
-class ConfigError(VgsslError, ValueError):
-    """A bad model or method config value: a user error (``VgsslError``) and a ``ValueError``."""
+from vgssl_core.errors import ConfigError, VgsslError
+from vgssl_core.options import fill_defaults
 
 
 # The default: an untrained descriptor (ResNet-18 conv4 + GeM, no projection head).
@@ -60,14 +57,7 @@ def resolve_model_config(partial: dict | None) -> dict:
 
     Raises ``ConfigError`` (a ``VgsslError``) naming the bad key or value and the valid choices.
     """
-    if partial is None:
-        partial = {}
-    if not isinstance(partial, dict):
-        raise ConfigError(f"model config must be a mapping of keys to values, got {type(partial).__name__}")
-    unknown = sorted(set(partial) - set(DEFAULT_MODEL_CONFIG))
-    if unknown:
-        raise ConfigError(f"unknown model config key '{unknown[0]}'; valid keys: {', '.join(DEFAULT_MODEL_CONFIG)}")
-    cfg = {key: partial.get(key, default) for key, default in DEFAULT_MODEL_CONFIG.items()}
+    cfg = fill_defaults(partial, DEFAULT_MODEL_CONFIG, "model config")
 
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:

@@ -48,10 +48,11 @@ from vgssl_core.rosbag.bags import IMAGE_TYPES, NAVSATFIX, BagMessage, BagReader
 from vgssl_core.errors import VgsslError
 from vgssl_core.evaluation.split import PLOT_THRESHOLDS_M
 from vgssl_core.rosbag.report import pad_rows, percentiles
-from vgssl_core.localization.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
+from vgssl_core.localization.fusion import FusedEstimate, FusionParams, PlaceFilter
+from vgssl_core.localization.session import LocalizationSession
 from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.rosbag.gnss import MAX_GAP_S, GnssTrack
-from vgssl_core.localization.localizer import LocalizationResult, Localizer, estimate_fix
+from vgssl_core.localization.localizer import LocalizationResult, Localizer
 from vgssl_core.evaluation.recall import DEFAULT_NS, ground_truth, recall_at_n
 
 __all__ = ["BagMessage", "BagReader", "FrameResult", "Replay", "ReplayResult", "play", "run_replay"]
@@ -83,7 +84,7 @@ class FrameResult:
     bag_stamp_ns: int
     gt_utm: np.ndarray | None  # (2,) ground truth in the database's zone; None without a GNSS position
     skip: str | None  # why the frame is not evaluated (None: it is in the recall denominator)
-    result: LocalizationResult | None  # None when the image could not be decoded
+    result: LocalizationResult | None  # the frame on its own; None when the image could not be decoded
     fused: FusedEstimate | None  # None without fusion
     decode_s: float = 0.0
     fusion_s: float = 0.0
@@ -91,6 +92,7 @@ class FrameResult:
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # top-N database indices
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0))  # their descriptor distances
     error: str | None = None  # the decode error, when there was one
+    output: LocalizationResult | None = None  # what the live localizer publishes: result, or the fused fix
 
     @property
     def latency_s(self) -> float:
@@ -140,9 +142,10 @@ class Replay:
                 raise VgsslError(f"{self.bag.path}: GNSS topic '{self.gnss_topic}' has no usable fix "
                                  f"({self.track.counts}); no frame can be evaluated")
             self.fusion_name = fusion
-            self.filter: PlaceFilter | None = make_filter(fusion, self.db.utm, fusion_params)
-            self.fusion_k = max(localizer.top_k, SEARCH_DEPTH)  # what the live localizer feeds its filter
-            self.search_k = max(max(self.ns), localizer.top_k, self.fusion_k if self.filter else 0)
+            # the live node's step, searched deep enough for the largest N of Recall@N
+            self.session = LocalizationSession(localizer, fusion=fusion, fusion_params=fusion_params,
+                                               min_depth=max(self.ns))
+            self.filter: PlaceFilter | None = self.session.filter
             self.n_images = self.bag.message_count(self.image_topic)
         except BaseException:
             self.close()
@@ -181,21 +184,12 @@ class Replay:
         if frame.error is not None:
             return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, frame.error_kind, None, None,
                                frame.decode_s, error=frame.error)
-        result = self.localizer.localize(frame.rgb, top_k=self.search_k)
-        idx = np.array([m.index for m in result.matches], dtype=np.int64)
-        dist = np.array([m.distance for m in result.matches])
+        step = self.session.step(frame.rgb, frame.stamp_ns)
+        result, n = step.frame, max(self.ns)
         fix_utm = np.array([result.estimate.easting, result.estimate.northing])
-        if len(idx) > self.localizer.top_k:  # the fix a robot gets comes from its top_k, not the deeper search
-            est = estimate_fix(dist[:self.localizer.top_k], self.db.utm[idx[:self.localizer.top_k]],
-                               agree_radius_m=self.localizer.agree_radius_m, floor_m=self.localizer.floor_m)
-            fix_utm = np.array([est.easting, est.northing])
-        fused, fusion_s = None, 0.0
-        if self.filter is not None:
-            t = time.perf_counter()
-            fused = self.filter.update(frame.stamp_ns, idx[:self.fusion_k], dist[:self.fusion_k])
-            fusion_s = time.perf_counter() - t
-        return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, reason, result, fused,
-                           frame.decode_s, fusion_s, fix_utm, idx[:max(self.ns)], dist[:max(self.ns)])
+        return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, reason, result, step.fused,
+                           frame.decode_s, step.fusion_s, fix_utm, result.ranked_indices[:n],
+                           result.ranked_distances[:n], output=step.output)
 
     # -- the report
     def summarize(self, frames: Sequence[FrameResult], *, seconds: float, interrupted: bool = False,

@@ -38,7 +38,9 @@ def write_report(result: Any, out_dir: str | Path, *, save_descriptors: bool = F
     ``frames.npz`` (no pickle) holds per frame: ``index``, ``stamp_ns``, ``evaluated`` (in the
     recall denominator), ``gt_utm`` (NaN when none), ``predictions`` (top-N database indices, -1
     pad) and their ``distances`` (NaN pad), ``fix_utm``, ``fused_index`` (-1 without fusion),
-    ``fused_utm``, ``latency_ms``; with ``save_descriptors`` also ``descriptors`` (as searched),
+    ``fused_utm``, ``latency_ms``, the frame's own ``confidence`` and ``covariance`` (2 x 2, m^2), and
+    ``output_utm`` / ``output_confidence`` / ``output_covariance``: what the live localizer would
+    publish for the frame (the fused estimate with fusion on); with ``save_descriptors`` also ``descriptors`` (as searched),
     enough to recompute the recall.
     """
     out = Path(out_dir)
@@ -61,6 +63,10 @@ def _save_frames(path: Path, result: Any, save_descriptors: bool) -> None:
     def xy(values) -> np.ndarray:
         return np.array([nan2 if v is None else v for v in values], dtype=np.float64).reshape(-1, 2)
 
+    def covariances(results) -> np.ndarray:
+        return np.array([np.full((2, 2), np.nan) if r is None else r.covariance for r in results],
+                        dtype=np.float64).reshape(-1, 2, 2)
+
     arrays = {
         "index": np.array([f.index for f in frames], dtype=np.int64),
         "stamp_ns": np.array([f.stamp_ns for f in frames], dtype=np.int64),
@@ -72,6 +78,14 @@ def _save_frames(path: Path, result: Any, save_descriptors: bool) -> None:
         "fused_index": np.array([f.fused.index if f.fused else -1 for f in frames], dtype=np.int64),
         "fused_utm": xy((f.fused.easting, f.fused.northing) if f.fused else None for f in frames),
         "latency_ms": np.array([f.latency_s * 1e3 for f in frames], dtype=np.float64),
+        # the frame's own confidence and covariance, and those of what the localizer publishes
+        "confidence": np.array([f.result.confidence if f.result else np.nan for f in frames], dtype=np.float64),
+        "covariance": covariances(f.result for f in frames),
+        "output_utm": xy((f.output.estimate.easting, f.output.estimate.northing) if f.output else None
+                         for f in frames),
+        "output_confidence": np.array([f.output.confidence if f.output else np.nan for f in frames],
+                                      dtype=np.float64),
+        "output_covariance": covariances(f.output for f in frames),
     }
     if save_descriptors:
         dim = replay.db.dim
