@@ -94,13 +94,36 @@ def run_synth(args: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root (<root>/images/<split>/...)")
     p.add_argument("--split", default="test")
-    p.add_argument("--ckpt", help="checkpoint; without it, the untrained default descriptor")
+    p.add_argument("--ckpt", help="checkpoint; without it, the untrained descriptor of the model.* overrides")
     p.add_argument("--recall-n", default="1,5,10,20", help="comma-separated N values")
     p.add_argument("--threshold", type=float, default=25.0, help="metres for a correct match")
     p.add_argument("--save-descriptors", metavar="NPZ", help="write db_desc, q_desc, db_utm, q_utm")
     p.add_argument("--plots", metavar="PREFIX", help="write PREFIXrecall_vs_n.png and PREFIXrecall_vs_threshold.png")
+    p.add_argument("overrides", nargs="*", metavar="model.key=value",
+                   help="untrained model config, e.g. model.backbone=efficientnet_lite0 model.weights=imagenet")
     _runtime(p)
     _common(p)
+
+
+def _eval_model_overrides(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``model.key=value`` overrides -> a partial model config (None: the default descriptor).
+
+    Only for the untrained model: a checkpoint carries its own config, so overriding it would
+    describe a network other than the one trained.
+    """
+    from .config import parse_override
+
+    if not args.overrides:
+        return None
+    if args.ckpt:
+        raise VgsslError("model.key=value overrides are for the untrained model; a --ckpt carries its own model config")
+    cfg: dict[str, Any] = {}
+    for text in args.overrides:
+        node = parse_override(text)
+        if set(node) != {"model"} or not isinstance(node["model"], dict):
+            raise VgsslError(f"eval override '{text}' must set a model key, e.g. model.backbone=efficientnet_lite0")
+        cfg.update(node["model"])
+    return cfg
 
 
 def _parse_ns(text: str) -> tuple[int, ...]:
@@ -122,7 +145,7 @@ def run_eval(args: argparse.Namespace) -> int:
     ns = _parse_ns(args.recall_n)
     split = load_split(args.data, args.split)
     device = resolve_device(args.device)
-    model, cfg, note = load_descriptor_model(args.ckpt)
+    model, cfg, note = load_descriptor_model(args.ckpt, _eval_model_overrides(args))
     print(f"model: {note}")
     model.to(device)
     report, db_desc, q_desc, _ = evaluate_split(model, cfg, split, device, ns=ns, threshold_m=args.threshold,
@@ -130,6 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
                                                 progress=not args.quiet)
     report["checkpoint"] = args.ckpt
     report["model_note"] = note
+    report["model_init"] = getattr(model, "init_info", None)  # which weights, which file (sha256)
     print(f"{split.summary()}  ->  {format_recall(report['recall'])}  (at {args.threshold:g} m, {report['seconds']:.1f} s)")
     if args.save_descriptors:
         save_descriptors(args.save_descriptors, split, db_desc, q_desc)

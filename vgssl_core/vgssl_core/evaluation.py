@@ -22,6 +22,7 @@ from .dataset import EVAL_RADIUS_M, GeoSplit
 from .descriptors import extract_descriptors
 from .errors import VgsslError
 from .models import build_model, resolve_model_config
+from .models.weights import sha256_file
 from .retrieval import DEFAULT_NS, RetrievalResult, evaluate_retrieval, prepare
 
 PLOT_THRESHOLDS_M = (5.0, 10.0, 15.0, 25.0, 50.0, 100.0)
@@ -41,8 +42,9 @@ def load_descriptor_model(
         return model.eval(), cfg, getattr(model, "init_note", "untrained descriptor")
     raw = read_checkpoint(ckpt)
     cfg, state = descriptor_weights(raw)
+    trained_from = resolve_model_config(cfg)["weights"]
     # Weights come from the checkpoint: never fetch or look for ImageNet weights again.
-    cfg = resolve_model_config({**cfg, "pretrained": "none", "weights": None})
+    cfg = resolve_model_config({**cfg, "weights": "random"})
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -50,6 +52,8 @@ def load_descriptor_model(
             f"{ckpt}: weights do not match the model config stored in it "
             f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
         )
+    model.init_info = {"init": "checkpoint", "file": str(ckpt), "sha256": sha256_file(ckpt),
+                       "step": raw.get("global_step"), "trained_from": trained_from}
     return model.eval(), cfg, f"checkpoint {Path(ckpt).name} (step {raw.get('global_step', '?')})"
 
 
