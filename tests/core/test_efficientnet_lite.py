@@ -158,3 +158,47 @@ def test_weights_of_another_lite_size_are_a_user_error():
     path, _ = packaged("efficientnet_lite2")
     with pytest.raises(VgsslError, match="does not fit efficientnet_lite0"):
         build_model({"backbone": "efficientnet_lite0", "weights": str(path)})
+
+
+def test_a_lite0_checkpoint_evaluates_and_exports_with_matching_descriptors(tiny_world, tmp_path):
+    """Train 2 steps from Lite0, then TorchScript and ONNX exports (any input size: TF 'same'
+    padding depends on the size's parity) compute the checkpoint's descriptors."""
+    import json
+
+    from testkit import run_cli
+    from vgssl_core.evaluation import load_descriptor_model
+    from vgssl_core.export import TOLERANCE, export_model, load_exported
+
+    weights = "imagenet" if find_package_weights("efficientnet_lite0") else "random"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_cli("train", "--data", tiny_world, "--out", tmp_path / "run", "--max-steps", "2", "--quiet",
+                       "method=simclr", "data.batch_size=6", "data.workers=0", "model.image_size=[64,96]",
+                       "model.backbone=efficientnet_lite0", f"model.weights={weights}", "model.head_layers=1",
+                       "model.head_dim=32", "trainer.val_split=null", "trainer.test_split=null") == 0
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = tmp_path / "run" / "last.ckpt"
+    assert run_cli("eval", "--data", tiny_world, "--ckpt", ckpt, "--quiet", "--json", tmp_path / "e.json") == 0
+    init = json.loads((tmp_path / "e.json").read_text())["model_init"]
+    assert (init["init"], init["step"], init["trained_from"]) == ("checkpoint", 2, weights)
+    model, cfg, _ = load_descriptor_model(ckpt)
+    assert cfg["backbone"] == "efficientnet_lite0"
+    formats = ["torchscript"]
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+
+        formats.append("onnx")
+    except ModuleNotFoundError:
+        pass
+    for fmt in formats:
+        path = tmp_path / f"lite0.{fmt}"
+        export_model(ckpt, fmt, path, dynamic=True)
+        exported = load_exported(path)
+        for shape in [(2, 3, 64, 96), (1, 3, 77, 131)]:
+            x = torch.randn(*shape)
+            with torch.no_grad():
+                expected = model.retrieval_descriptor(x)
+            assert (exported(x) - expected).abs().max() < TOLERANCE, (fmt, shape)
