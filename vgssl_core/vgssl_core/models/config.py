@@ -15,8 +15,10 @@ from vgssl_core.options import fill_defaults
 
 # The default: an untrained descriptor (ResNet-18 conv4 + GeM, no projection head).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    "backbone": "resnet18",  # resnet18 | resnet50 | deit_s
-    "layer": "conv4",  # conv4 | conv5 (ResNets only; ignored for deit_s)
+    # resnet18 | resnet50 | deit_s | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
+    "backbone": "resnet18",
+    # conv4 | conv5 (ignored for deit_s). EfficientNet-Lite: conv4 = stride-16 stage, conv5 = 1x1 head conv
+    "layer": "conv4",
     "aggregation": "gem",  # gem | mac | netvlad
     "netvlad_clusters": 64,  # K of NetVLAD
     "head_layers": 0,  # L of FC-L-D (0: no projection head)
@@ -25,20 +27,24 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Frozen leading stages: ResNet stem, layer1, layer2, ... / DeiT embedding, block 0, ...
     # 3 = "train only conv4_x (and conv5_x)", the benchmark's and VG-SSL's setting.
     "freeze_stages": 3,
-    "pretrained": "imagenet",  # imagenet (when available offline) | none
-    "weights": None,  # local torchvision/timm state-dict file; overrides `pretrained`
+    # imagenet (cache or weight package, else an error) | random | auto (imagenet when found
+    # offline, else random, logged) | PATH of a local state-dict file; see models/weights.py
+    "weights": "auto",
     "image_size": [120, 160],  # [height, width] fed to the network
     "normalize_descriptor": True,  # L2-normalise descriptors at retrieval time
     "metric": "ip",  # ip (inner product) | l2
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("resnet18", "resnet50", "deit_s"),
+    "backbone": ("resnet18", "resnet50", "deit_s", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
     "layer": ("conv4", "conv5"),
     "aggregation": ("gem", "mac", "netvlad"),
-    "pretrained": ("imagenet", "none"),
     "metric": ("ip", "l2"),
 }
+WEIGHT_WORDS = ("imagenet", "random", "auto")  # any other string is a file path
+# Configs written before `weights` took words (checkpoints keep their config) said
+# `pretrained: imagenet | none` (imagenet when found, else random) next to `weights: PATH | null`.
+LEGACY_PRETRAINED = {"imagenet": "auto", "none": "random"}
 # int keys and their smallest allowed value
 INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0}
 BOOL_KEYS = ("head_batchnorm", "normalize_descriptor")
@@ -52,12 +58,30 @@ def freezable_stages(backbone: str, layer: str) -> int:
     return len(BACKBONES[backbone].stages(layer))
 
 
+def _translate_legacy(partial: dict) -> dict:
+    """``pretrained`` (and ``weights: null``) of older configs -> the one ``weights`` key."""
+    if "pretrained" not in partial and partial.get("weights", "") is not None:
+        return partial
+    out = dict(partial)
+    pretrained = out.pop("pretrained", "imagenet")
+    if pretrained not in LEGACY_PRETRAINED:
+        raise ConfigError(
+            f"model config 'pretrained' is {pretrained!r}; it is replaced by 'weights' "
+            f"({', '.join(WEIGHT_WORDS)} or a file path)"
+        )
+    if out.get("weights") is None:  # an explicit weights file always won over `pretrained`
+        out["weights"] = LEGACY_PRETRAINED[pretrained]
+    return out
+
+
 def resolve_model_config(partial: dict | None) -> dict:
     """Fill defaults into ``partial`` and validate it; returns a new plain dict.
 
     Raises ``ConfigError`` (a ``VgsslError``) naming the bad key or value and the valid choices.
     """
-    cfg = fill_defaults(partial, DEFAULT_MODEL_CONFIG, "model config")
+    if partial is not None and not isinstance(partial, dict):
+        raise ConfigError(f"model config must be a mapping of keys to values, got {type(partial).__name__}")
+    cfg = fill_defaults(_translate_legacy(partial or {}), DEFAULT_MODEL_CONFIG, "model config")
 
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
@@ -80,8 +104,10 @@ def resolve_model_config(partial: dict | None) -> dict:
     cfg["image_size"] = [int(size[0]), int(size[1])]
 
     weights = cfg["weights"]
-    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
-        raise ConfigError(f"model config 'weights' must be a file path or null, got {weights!r}")
+    if not isinstance(weights, str) or not weights.strip():
+        raise ConfigError(
+            f"model config 'weights' must be one of {', '.join(WEIGHT_WORDS)} or a file path, got {weights!r}"
+        )
 
     most = freezable_stages(cfg["backbone"], cfg["layer"])
     if cfg["freeze_stages"] > most:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vgssl_core.errors import VgsslError
+from vgssl_core.io import file_sha256
 from vgssl_core.models.checkpoint import descriptor_weights, read_checkpoint
 from vgssl_core.models.config import resolve_model_config
 from vgssl_core.models.network import build_model
@@ -32,8 +33,9 @@ def load_descriptor_model(
         return model.eval(), cfg, getattr(model, "init_note", "untrained descriptor")
     raw = read_checkpoint(ckpt)
     cfg, state = descriptor_weights(raw)
+    trained_from = resolve_model_config(cfg)["weights"]
     # Weights come from the checkpoint: never fetch or look for ImageNet weights again.
-    cfg = resolve_model_config({**cfg, "pretrained": "none", "weights": None})
+    cfg = resolve_model_config({**cfg, "weights": "random"})
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -41,4 +43,6 @@ def load_descriptor_model(
             f"{ckpt}: weights do not match the model config stored in it "
             f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
         )
+    model.init_info = {"init": "checkpoint", "file": str(ckpt), "sha256": file_sha256(ckpt),
+                       "step": raw.get("global_step"), "trained_from": trained_from}
     return model.eval(), cfg, f"checkpoint {Path(ckpt).name} (step {raw.get('global_step', '?')})"

@@ -21,7 +21,7 @@ from vgssl_core.models.aggregation import NetVLAD, build_aggregation
 from vgssl_core.models.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from vgssl_core.models.config import resolve_model_config
 from vgssl_core.models.heads import build_projection_head
-from vgssl_core.models.weights import initialise
+from vgssl_core.models.weights import init_note, initialise
 
 
 class DescriptorModel(nn.Module):
@@ -32,16 +32,18 @@ class DescriptorModel(nn.Module):
         descriptor_dim: D of the output (head width, or the aggregation's size without a head).
         feature_dim: channels C of the backbone's feature map.
         init_note: one line saying which initial weights were used.
+        init_info: the same as a plain dict (``weights.init_record``), for summary/test JSON.
         preprocess: how input images must be normalised: ``{"mean", "std", "image_size"}``.
     """
 
     def __init__(self, backbone: nn.Module, aggregation: nn.Module, head: nn.Module, config: dict,
-                 descriptor_dim: int, feature_dim: int, init_note: str = ""):
+                 descriptor_dim: int, feature_dim: int, init_note: str = "", init_info: dict | None = None):
         super().__init__()
         self.backbone, self.aggregation, self.head = backbone, aggregation, head
         self.config = copy.deepcopy(config)
         self.descriptor_dim, self.feature_dim = descriptor_dim, feature_dim
         self.init_note = init_note
+        self.init_info = dict(init_info or {"init": "random"})
         self.preprocess = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                            "image_size": list(config["image_size"])}
 
@@ -80,10 +82,11 @@ def build_model(cfg: dict | None) -> DescriptorModel:
     cfg = resolve_model_config(cfg)
     name, layer = cfg["backbone"], cfg["layer"]
     network = BACKBONES[name].network()
-    init_note = initialise(network, name, cfg["pretrained"], cfg["weights"])
+    init_info = initialise(network, name, cfg["weights"])
     backbone = build_backbone(network, name, layer, cfg["freeze_stages"])
     channels = BACKBONES[name].channels[layer]
     aggregation, pooled_dim = build_aggregation(cfg["aggregation"], channels, cfg["netvlad_clusters"])
     head = build_projection_head(pooled_dim, cfg["head_layers"], cfg["head_dim"], cfg["head_batchnorm"])
     descriptor_dim = cfg["head_dim"] if cfg["head_layers"] > 0 else pooled_dim
-    return DescriptorModel(backbone, aggregation, head, cfg, descriptor_dim, channels, init_note)
+    return DescriptorModel(backbone, aggregation, head, cfg, descriptor_dim, channels,
+                           init_note(name, init_info), init_info)
