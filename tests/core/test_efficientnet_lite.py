@@ -166,8 +166,8 @@ def test_a_lite0_checkpoint_evaluates_and_exports_with_matching_descriptors(tiny
     import json
 
     from testkit import run_cli
-    from vgssl_core.evaluation import load_descriptor_model
-    from vgssl_core.export import TOLERANCE, export_model, load_exported
+    from vgssl_core.models.loading import load_descriptor_model
+    from vgssl_core.models.export import TOLERANCE, export_model, load_exported
 
     weights = "imagenet" if find_package_weights("efficientnet_lite0") else "random"
     threads = torch.get_num_threads()

@@ -97,7 +97,7 @@ def lite_network(name: str) -> nn.Module:
 
 def lite_cut(network: nn.Module, layer: str) -> nn.Module:
     """Feature-map module of ``layer`` (conv4 | conv5); child names keep timm's prefixes."""
-    from vgssl_core.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from vgssl_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     head = OrderedDict(to_unit_range=ToUnitRange(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)),
                        conv_stem=network.conv_stem, bn1=network.bn1)
