@@ -224,7 +224,8 @@ class GeoPairSampler:
 def _fill_batches(conflicts: list[set[int]], batch_size: int) -> list[list[int]]:
     """Batches of ``batch_size`` items (the last may be shorter), in order: each takes the first
     remaining items that conflict with none already in it; when none is left to complete it,
-    the next remaining items fill it anyway."""
+    it is filled anyway, each time with a remaining item (of the next few) that conflicts with the
+    fewest already in it."""
     remaining = list(range(len(conflicts)))
     out: list[list[int]] = []
     while remaining:
@@ -240,8 +241,11 @@ def _fill_batches(conflicts: list[set[int]], batch_size: int) -> list[list[int]]
             else:
                 batch.append(i)
                 members.add(i)
-        if len(batch) < batch_size:
-            batch, rest = batch + rest[: batch_size - len(batch)], rest[batch_size - len(batch):]
+        while len(batch) < batch_size and rest:  # fill anyway: the fewest same-place pairs first
+            window = rest[: 8 * batch_size]  # bounded, so a dense world stays linear in its pairs
+            k = min(range(len(window)), key=lambda w: len(conflicts[window[w]] & members))
+            batch.append(rest.pop(k))
+            members.add(batch[-1])
         out.append(batch)
         remaining = rest
     return out
