@@ -88,6 +88,9 @@ def test_resume_after_a_crash_equals_uninterrupted_run(tiny_world, tmp_path, mon
     assert whole["global_step"] == resumed["global_step"] > 0
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+    # the per-epoch data counts survive the resume: the same plan, epoch by epoch
+    history = lambda run: json.loads((tmp_path / run / "summary.json").read_text())["data_history"]  # noqa: E731
+    assert history("crashed") == history("whole") and [h["epoch"] for h in history("whole")] == [0, 1]
 
 
 def test_checkpoint_rebuilds_the_model_alone(tiny_world, tmp_path):
