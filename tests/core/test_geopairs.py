@@ -33,29 +33,60 @@ def test_every_query_pair_is_within_train_radius(grid_split):
 def test_database_negative_ratio(grid_split, r):
     sampler = GeoPairSampler(grid_split, GeoPairConfig(db_negative_ratio=r, queries_per_epoch=40))
     pairs = sampler.pairs(3)
-    n_q = sum(p.kind == QUERY for p in pairs)
+    queries = [p.a for p in pairs if p.kind == QUERY]
     negatives = [p for p in pairs if p.kind == DB_NEGATIVE]
-    assert n_q == 40 and len(negatives) == round(r * 40)
-    q_utm = grid_split.queries.utm
+    assert len(queries) == 40 and len(negatives) == round(r * 40)
+    assert sorted(queries) == sorted(sampler.epoch_queries(3).tolist())
+    # negatives lie beyond 25 m of this epoch's sampled queries (not of every training query)
+    q_utm = grid_split.queries.utm[queries]
     for p in negatives:
         assert p.a == p.b
         assert np.min(np.linalg.norm(q_utm - grid_split.database.utm[p.a], axis=1)) > 25.0
 
 
-def test_place_aware_batches_never_hold_neighbours(grid_split):
+def test_negatives_may_lie_near_queries_not_sampled_this_epoch(grid_split):
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(db_negative_ratio=1.0, queries_per_epoch=10))
+    all_q = grid_split.queries.utm
+    near_some_query = [p.a for e in range(3) for p in sampler.pairs(e) if p.kind == DB_NEGATIVE
+                       and np.min(np.linalg.norm(all_q - grid_split.database.utm[p.a], axis=1)) <= 25.0]
+    assert near_some_query
+
+
+def test_a_small_pool_gives_all_it_has_and_one_warning(grid_split, caplog):
+    # 400 m of database-only street: 50 images; r = 2 over 58 queries asks for 116
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(db_negative_ratio=2.0))
+    with caplog.at_level("WARNING", logger="vgssl"):
+        stats = [sampler.plan(e)[1] for e in range(3)]
+    assert all(s.negatives_asked == 116 and s.negatives_delivered == s.negative_pool == 50 for s in stats)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "asks for 116" in warnings[0] and "only 50" in warnings[0]
+
+
+def test_batches_are_full_and_place_aware_where_possible(grid_split):
     cfg = GeoPairConfig(batch_size=8, db_negative_ratio=0.5)
     sampler = GeoPairSampler(grid_split, cfg)
-    batches = sampler.batches(0)
-    assert batches and max(len(b) for b in batches) <= 8
+    batches, stats = sampler.plan(0)
+    assert [len(b) for b in batches[:-1]] == [8] * (len(batches) - 1) and 2 <= len(batches[-1]) <= 8
+    assert sum(len(b) for b in batches) == len(sampler.pairs(0)) - stats.pairs_dropped
+    violations = 0
     for batch in batches:
         a, b = sampler.pair_positions(batch)
         for i in range(len(batch)):
             for j in range(i + 1, len(batch)):
                 points_i, points_j = np.stack([a[i], b[i]]), np.stack([a[j], b[j]])
-                d = np.linalg.norm(points_i[:, None] - points_j[None], axis=-1)
-                assert d.min() > cfg.eval_radius_m
-    # nearly every pair is used: place-awareness reorders, it does not throw data away
-    assert sum(len(b) for b in batches) >= 0.95 * len(sampler.pairs(0))
+                violations += np.linalg.norm(points_i[:, None] - points_j[None], axis=-1).min() <= cfg.eval_radius_m
+    assert violations == stats.same_place_violations
+    assert stats.batch_size_min == len(batches[-1]) and stats.batches == len(batches)
+
+
+def test_pairs_of_one_place_fill_batches_anyway_and_are_counted(tmp_path):
+    # one 30 m street: every pair is within 25 m of most others; place-aware batches of 4 cannot exist
+    split = load_split(make_dataset(tmp_path / "one", [(x, 0.0) for x in range(0, 30, 2)],
+                                    [(x + 1.0, 0.0) for x in range(0, 30, 3)], split="train"), "train")
+    sampler = GeoPairSampler(split, GeoPairConfig(batch_size=4, db_negative_ratio=0.0))
+    batches, stats = sampler.plan(0)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert stats.same_place_violations > 0 and stats.batch_size_min == 2
 
 
 def test_sampling_is_deterministic_for_a_seed(grid_split):
@@ -81,11 +112,17 @@ def test_feature_nearest_picks_most_similar_positive(grid_split):
     rng = np.random.default_rng(0)
     q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
     db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
-    sampler.set_descriptors(q_desc, db_desc)
+    queries, candidates = sampler.needs_descriptors(0)
+    assert set(candidates.tolist()) == {int(d) for q in queries for d in sampler.positives[q]}
+    sampler.set_descriptors(0, queries, q_desc[queries], candidates, db_desc[candidates])
     for p in sampler.pairs(0):
         if p.kind == QUERY:
             cands = sampler.positives[p.a]
             assert p.b == cands[np.argmax(db_desc[cands] @ q_desc[p.a])]
+
+
+def test_uniform_positives_need_no_descriptors(grid_split):
+    assert GeoPairSampler(grid_split, GeoPairConfig()).needs_descriptors(0) is None
 
 
 def test_bad_config_is_a_clear_error(grid_split):

@@ -29,7 +29,21 @@ SMALL = {"pretrained": "none", "head_dim": 32}
 
 def batch(b=4, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 3, size, size, generator=g), torch.randn(b, 3, size, size, generator=g), torch.arange(b)
+    return torch.randn(b, 3, size, size, generator=g), torch.randn(b, 3, size, size, generator=g), spread(b)
+
+
+EAST, NORTH = 396000.0, 4991000.0  # UTM of a place; float64 keeps centimetres at these magnitudes
+
+
+def at(*offsets):
+    """UTM positions [N, 2] (float64) at (east, north) offsets in metres from one place."""
+    return torch.tensor([[EAST + dx, NORTH + dy] for dx, dy in offsets], dtype=torch.float64)
+
+
+def spread(b, gap=100.0):
+    """GeoPair positions [B, 2, 2] of ``b`` pairs ``gap`` metres apart (each pair's images 5 m apart)."""
+    a = at(*[(i * gap, 0.0) for i in range(b)])
+    return torch.stack([a, a + torch.tensor([5.0, 0.0], dtype=torch.float64)], dim=1)
 
 
 def small_method(name, model_cfg=None, method_cfg=None):
@@ -194,44 +208,61 @@ def unit(n, d, seed):
     return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
 
 
-def test_moco_queue_entries_of_the_same_place_are_not_negatives():
+def test_moco_masks_queue_keys_by_true_distance_across_grid_cells():
+    # the query sits 1 m west of a 25 m grid line (x = 24 m in the old grid's cell 0); keys at 24 m
+    # and 26 m from it both lie in the next cell: only the one within 25 m is the same place
+    method = small_method("mocov2", None, {"queue_size": 4})
+    query = at((24.0, 0.0))
+    method.enqueue(unit(4, 32, 3), at((48.0, 0.0), (50.0, 0.0), (24.0, 24.0), (24.0, -26.0)))
+    assert method.same_place(query).tolist() == [[True, False, True, False]]
+    assert not method.same_place(at((5000.0, 0.0))).any()
+    # unfilled queue entries (position NaN) are never masked
+    fresh = small_method("mocov2", None, {"queue_size": 4})
+    assert not fresh.same_place(query).any()
+
+
+def test_moco_queue_keys_of_the_same_place_are_not_negatives():
     masked = small_method("mocov2", None, {"queue_size": 8})
     unmasked = small_method("mocov2", None, {"queue_size": 8, "mask_same_place": False})
     q, k = unit(4, 32, 1), unit(4, 32, 2)
-    place = torch.full((4,), 7)
+    here = at(*[(0.0, 0.0)] * 4)
     for method in (masked, unmasked):
-        method.enqueue(unit(8, 32, 3), torch.full((8,), 7))  # a queue full of place 7
-    assert masked.info_nce(q, k, place).item() == pytest.approx(0.0, abs=1e-6)  # only the positive is left
-    assert unmasked.info_nce(q, k, place).item() > 0.1
-    # entries of other places still count as negatives
-    assert masked.info_nce(q, k, torch.full((4,), 8)).item() == pytest.approx(unmasked.info_nce(q, k, place).item())
+        method.enqueue(unit(8, 32, 3), at(*[(3.0 * i, 0.0) for i in range(8)]))  # all within 21 m
+    assert masked.info_nce(q, k, here).item() == pytest.approx(0.0, abs=1e-6)  # only the positive is left
+    assert unmasked.info_nce(q, k, here).item() > 0.1
+    # keys of other places still count as negatives
+    far = at(*[(0.0, 1000.0)] * 4)
+    assert masked.info_nce(q, k, far).item() == pytest.approx(unmasked.info_nce(q, k, here).item())
 
 
 def test_moco_masking_in_a_training_step():
     torch.manual_seed(0)
     masked = small_method("mocov2", None, {"queue_size": 8}).train()
-    unmasked = small_method("mocov2", None, {"queue_size": 8, "mask_same_place": False}).train()
-    unmasked.load_state_dict(masked.state_dict())
+    unmasked = small_method("mocov2", None, {"queue_size": 8, "mask_same_place": False})
+    unmasked.train().load_state_dict(masked.state_dict())
     a, b, _ = batch()
-    same = torch.full((4,), 3)
+    here = spread(4, gap=1.0)  # four pairs within a few metres: one place
     for method in (masked, unmasked):
-        method.enqueue(unit(8, 32, 5), same[:1].repeat(8))
-    loss_masked, loss_unmasked = masked.loss_pairs(a, b, same), unmasked.loss_pairs(a, b, same)
+        method.enqueue(unit(8, 32, 5), at(*[(2.0, 0.0)] * 8))
+    loss_masked, loss_unmasked = masked.loss_pairs(a, b, here), unmasked.loss_pairs(a, b, here)
     assert loss_masked.item() == pytest.approx(0.0, abs=1e-6) and loss_unmasked.item() > 0
     loss_masked.backward()  # -inf logits leave finite gradients
     assert all(torch.isfinite(p.grad).all() for p in masked.model.parameters() if p.grad is not None)
 
 
-def test_moco_enqueues_keys_with_place_ids_and_wraps_around():
+def test_moco_enqueues_keys_with_their_positions_and_wraps_around():
     method = small_method("mocov2", None, {"queue_size": 6}).train()
     a, b, _ = batch()
-    method.loss_pairs(a, b, torch.tensor([10, 11, 12, 13]))
-    method.loss_pairs(a, b, torch.tensor([20, 21, 22, 23]))
-    assert method.queue_place_ids.tolist() == [22, 23, 12, 13, 20, 21] and int(method.queue_ptr) == 2
+    first, second = spread(4), spread(4) + 1000.0
+    method.loss_pairs(a, b, first)
+    method.loss_pairs(a, b, second)
+    # the keys' (view_b's) positions, oldest overwritten first
+    expected = torch.cat([second[2:, 1], first[2:, 1], second[:2, 1]])
+    assert torch.equal(method.queue_positions, expected) and int(method.queue_ptr) == 2
     assert torch.allclose(method.queue.norm(dim=1), torch.ones(6), atol=1e-5)
     with torch.no_grad():  # evaluation does not touch the queue
-        method.eval().loss_pairs(a, b, torch.tensor([30, 31, 32, 33]))
-    assert 30 not in method.queue_place_ids.tolist()
+        method.eval().loss_pairs(a, b, spread(4) + 5000.0)
+    assert torch.equal(method.queue_positions, expected)
 
 
 # -- information-maximisation losses get unnormalised embeddings -----------------------------
@@ -285,6 +316,25 @@ def test_triplet_loss_is_the_mean_margin_loss_on_normalised_descriptors():
             F.relu((dq[i] - dp[i]).norm() - (dq[i] - dn[i, j]).norm() + 0.1) for i in range(2) for j in range(3)
         ]).mean()
     assert loss.item() == pytest.approx(manual.item(), abs=1e-5)
+
+
+def test_triplet_margin_comes_from_mining_margin():
+    from vgssl_core.training.config import resolve_config
+
+    torch.manual_seed(0)
+    q, p, _ = batch(2)
+    n = torch.randn(2, 3, 3, 64, 64)
+    methods = {}
+    for margin in (0.1, 0.5):
+        cfg = resolve_config({"method": "triplet", "model": SMALL}, [f"mining.margin={margin}"])
+        methods[margin] = build_method("triplet", cfg["model"], cfg["method_config"]).eval()
+    methods[0.5].model.load_state_dict(methods[0.1].model.state_dict())  # the same network, two margins
+    with torch.no_grad():
+        low, high = (methods[m].loss_triplets(q, p, n).item() for m in (0.1, 0.5))
+    assert methods[0.5].config["margin"] == 0.5
+    assert high > low  # every hinge term grows by up to 0.4 and none can shrink
+    with pytest.raises(VgsslError, match="mining.margin' must be > 0"):
+        resolve_config({"method": "triplet"}, ["mining.margin=0"])
 
 
 # -- learning -----------------------------------------------------------------------------

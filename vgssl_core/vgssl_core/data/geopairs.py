@@ -2,22 +2,33 @@
 
 A GeoPair is a training query and a database image within ``train_radius_m`` of it: two real
 views of one place that an SSL method pulls together. Per epoch the plan holds
-``queries_per_epoch`` query pairs plus ``round(r * n_query_pairs)`` *database negatives* —
-database images farther than ``eval_radius_m`` from every training query, each paired with
-itself (two augmentations) — so the model also sees places no query covers.
+``queries_per_epoch`` query pairs plus ``round(r * n_query_pairs)`` *database negatives*:
+database images farther than ``eval_radius_m`` from every query *sampled for that epoch*
+(VG-SSL, ``datasets_ws.py:878-883``), each paired with itself (two augmentations), so the model
+also sees places the epoch's queries do not cover. When that pool is smaller than asked, every
+pool image is used and one warning line gives the numbers.
 
-Batches are *place-aware*: no two pairs in a batch have images within ``eval_radius_m`` of
-each other. The reference implementation batches neighbours together, so a contrastive loss
-pushes apart two views of the same place; here that cannot happen.
+The positive is a uniformly random database image within the train radius, or (``positive:
+feature-nearest``, as VG-SSL, ``datasets_ws.py:807-822``) the one nearest the query in the
+current model's descriptor space. Only the epoch's sampled queries and their candidate positives
+are described, once per epoch (``needs_descriptors`` / ``set_descriptors``).
 
-Everything is a pure function of (seed, epoch): the plan is identical with any number of
-data-loader workers, after a resume, and each distributed rank takes a disjoint shard.
+Batches hold ``batch_size`` pairs (all but the last of the epoch) and are *place-aware* where
+possible: no two pairs of a batch have images within ``eval_radius_m`` of each other (the
+reference batches neighbours together, so a contrastive loss pushes apart two views of one
+place). When the remaining pairs cannot complete a batch that way, it is filled anyway and the
+same-place pairs it then holds are counted (``EpochStats.same_place_violations``).
+
+Everything is a pure function of (seed, epoch) (and, for feature-nearest, the descriptors): the
+plan is identical with any number of data-loader workers, after a resume, and each distributed
+rank takes a disjoint shard.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -25,6 +36,8 @@ from scipy.spatial import cKDTree
 from vgssl_core.data.dataset import GeoSplit
 from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
 from vgssl_core.errors import VgsslError
+
+log = logging.getLogger("vgssl")
 
 QUERY, DB_NEGATIVE = 0, 1
 POSITIVE_CHOICES = ("uniform", "feature-nearest")
@@ -37,7 +50,6 @@ class GeoPair:
     kind: int  # QUERY or DB_NEGATIVE
     a: int  # query index (QUERY) or database index (DB_NEGATIVE)
     b: int  # database index
-    place: int  # id of the place (grid cell of eval radius) for same-place masking
     seed: int  # augmentation seed of this item in this epoch
 
 
@@ -60,12 +72,33 @@ class GeoPairConfig:
             raise VgsslError(f"batch_size must be >= 2 for a pairwise loss, got {self.batch_size}")
         if self.train_radius_m <= 0 or self.eval_radius_m <= 0:
             raise VgsslError("train_radius_m and eval_radius_m must be positive")
+        if self.queries_per_epoch is not None and int(self.queries_per_epoch) < 1:
+            raise VgsslError(f"queries_per_epoch must be >= 1 or null, got {self.queries_per_epoch}")
 
 
-def place_ids(utm: np.ndarray, cell_m: float) -> np.ndarray:
-    """Integer place id per position: its cell in a grid of ``cell_m`` metres."""
-    cells = np.floor(np.asarray(utm, float) / cell_m).astype(np.int64)
-    return cells[:, 0] * 1_000_003 + cells[:, 1]
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch's plan holds (``summary.json``'s ``data_history``, one log line per epoch)."""
+
+    epoch: int
+    query_pairs: int
+    negatives_asked: int
+    negatives_delivered: int
+    negative_pool: int  # database images beyond eval_radius_m of every sampled query
+    batches: int
+    batch_size_min: int
+    batch_size_mean: float
+    same_place_violations: int  # pairs of pairs within eval_radius_m sharing a batch
+    pairs_dropped: int  # a last batch of a single pair (a pairwise loss needs 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"epoch {self.epoch} data: {self.query_pairs} query pairs, database negatives "
+                f"{self.negatives_delivered}/{self.negatives_asked} (pool {self.negative_pool}), "
+                f"{self.batches} batches of {self.batch_size_min}-{self.batch_size_mean:.1f} pairs (min-mean), "
+                f"{self.same_place_violations} same-place violations")
 
 
 class GeoPairSampler:
@@ -73,7 +106,6 @@ class GeoPairSampler:
 
     def __init__(self, split: GeoSplit, config: GeoPairConfig) -> None:
         self.split, self.cfg = split, config
-        db_utm, q_utm = split.database.utm, split.queries.utm
         positives = split.positives(config.train_radius_m)
         self.usable_queries = np.array([i for i, p in enumerate(positives) if len(p)], dtype=np.int64)
         self.positives = positives
@@ -83,45 +115,71 @@ class GeoPairSampler:
                 f"{split.root}/images/{split.name}: no query has a database image within "
                 f"{config.train_radius_m} m; nothing to train on"
             )
-        near_query = cKDTree(q_utm).query_ball_point(db_utm, r=config.eval_radius_m)
-        self.db_negatives = np.array([i for i, hits in enumerate(near_query) if not hits], dtype=np.int64)
-        self.q_place = place_ids(q_utm, config.eval_radius_m)
-        self.db_place = place_ids(db_utm, config.eval_radius_m)
-        self._q_desc: np.ndarray | None = None
-        self._db_desc: np.ndarray | None = None
+        self._descriptors: tuple[int, dict[int, np.ndarray], dict[int, np.ndarray]] | None = None
+        self._plans: dict[int, tuple[list[list[GeoPair]], EpochStats]] = {}
+        self._warned_pool = False
 
-    # -- feature-nearest positives -------------------------------------------------------
-    def set_descriptors(self, q_desc: np.ndarray, db_desc: np.ndarray) -> None:
-        """Current-model descriptors (L2-normalised) for the ``feature-nearest`` positive choice."""
-        self._q_desc, self._db_desc = q_desc, db_desc
-
-    def _choose_positive(self, q: int, rng: np.random.Generator) -> int:
-        candidates = self.positives[q]
-        if self.cfg.positive == "feature-nearest":
-            if self._q_desc is None or self._db_desc is None:
-                raise RuntimeError("feature-nearest positives need set_descriptors() before the epoch")
-            sims = self._db_desc[candidates] @ self._q_desc[q]
-            return int(candidates[int(np.argmax(sims))])
-        return int(candidates[rng.integers(len(candidates))])
-
-    # -- the epoch plan ------------------------------------------------------------------
+    # -- the epoch's queries and feature-nearest positives ----------------------------------
     def n_query_pairs(self) -> int:
         n = self.cfg.queries_per_epoch
         return len(self.usable_queries) if n is None else min(int(n), len(self.usable_queries))
 
-    def pairs(self, epoch: int) -> list[GeoPair]:
-        """This epoch's pairs, in random order: query pairs then database negatives."""
+    def epoch_queries(self, epoch: int) -> np.ndarray:
+        """The queries sampled for ``epoch`` (a pure function of (seed, epoch))."""
+        rng = np.random.default_rng([self.cfg.seed, epoch, 2])
+        return rng.permutation(self.usable_queries)[: self.n_query_pairs()]
+
+    def needs_descriptors(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(query indices, database indices) to describe before ``epoch`` is planned, or None
+        (uniform positives need no descriptors): the sampled queries and their candidate positives."""
+        if self.cfg.positive != "feature-nearest":
+            return None
+        queries = self.epoch_queries(epoch)
+        return queries, np.unique(np.concatenate([self.positives[q] for q in queries]))
+
+    def set_descriptors(self, epoch: int, q_idx: np.ndarray, q_desc: np.ndarray,
+                        db_idx: np.ndarray, db_desc: np.ndarray) -> None:
+        """The current model's L2-normalised descriptors of ``needs_descriptors(epoch)``."""
+        self._descriptors = (epoch, dict(zip(np.asarray(q_idx).tolist(), q_desc)),
+                             dict(zip(np.asarray(db_idx).tolist(), db_desc)))
+        self._plans.pop(epoch, None)
+
+    def _choose_positive(self, epoch: int, q: int, rng: np.random.Generator) -> int:
+        candidates = self.positives[q]
+        if self.cfg.positive == "feature-nearest":
+            if self._descriptors is None or self._descriptors[0] != epoch:
+                raise RuntimeError(f"feature-nearest positives need set_descriptors() for epoch {epoch} first")
+            _, q_desc, db_desc = self._descriptors
+            sims = np.stack([db_desc[int(c)] for c in candidates]) @ q_desc[q]
+            return int(candidates[int(np.argmax(sims))])
+        return int(candidates[rng.integers(len(candidates))])
+
+    # -- the epoch plan ------------------------------------------------------------------
+    def _pairs(self, epoch: int) -> tuple[list[GeoPair], int, int]:
+        """This epoch's pairs in random order, the negatives asked for and the pool size."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        chosen = rng.permutation(self.usable_queries)[: self.n_query_pairs()]
-        n_neg = min(int(round(self.cfg.db_negative_ratio * len(chosen))), len(self.db_negatives))
-        negatives = rng.choice(self.db_negatives, size=n_neg, replace=False) if n_neg else np.empty(0, np.int64)
+        chosen = self.epoch_queries(epoch)
+        db_utm = self.split.database.utm
+        gap, _ = cKDTree(self.split.queries.utm[chosen]).query(db_utm, distance_upper_bound=self.cfg.eval_radius_m)
+        pool = np.flatnonzero(~np.isfinite(gap))  # no sampled query within eval_radius_m
+        asked = int(round(self.cfg.db_negative_ratio * len(chosen)))
+        n_neg = min(asked, len(pool))
+        if n_neg < asked and not self._warned_pool:
+            self._warned_pool = True
+            log.warning(f"warning: data.db_negative_ratio={self.cfg.db_negative_ratio:g} asks for {asked} database "
+                        f"negatives per epoch ({len(chosen)} query pairs) but only {len(pool)} database images lie "
+                        f"beyond {self.cfg.eval_radius_m:g} m of epoch {epoch}'s queries; using {n_neg}")
+        negatives = rng.choice(pool, size=n_neg, replace=False) if n_neg else np.empty(0, np.int64)
         seeds = rng.integers(0, 2**62, size=len(chosen) + n_neg)
-        items = [GeoPair(QUERY, int(q), self._choose_positive(int(q), rng), int(self.q_place[q]), int(s))
+        items = [GeoPair(QUERY, int(q), self._choose_positive(epoch, int(q), rng), int(s))
                  for q, s in zip(chosen, seeds)]
-        items += [GeoPair(DB_NEGATIVE, int(d), int(d), int(self.db_place[d]), int(s))
-                  for d, s in zip(negatives, seeds[len(chosen):])]
+        items += [GeoPair(DB_NEGATIVE, int(d), int(d), int(s)) for d, s in zip(negatives, seeds[len(chosen):])]
         order = rng.permutation(len(items))
-        return [items[i] for i in order]
+        return [items[i] for i in order], asked, len(pool)
+
+    def pairs(self, epoch: int) -> list[GeoPair]:
+        """This epoch's pairs, in random order: query pairs and database negatives."""
+        return self._pairs(epoch)[0]
 
     def pair_positions(self, pairs: list[GeoPair]) -> tuple[np.ndarray, np.ndarray]:
         """UTM of image a and image b of each pair."""
@@ -130,35 +188,67 @@ class GeoPairSampler:
         b = db_utm[[p.b for p in pairs]].reshape(-1, 2)
         return a, b
 
-    def batches(self, epoch: int) -> list[list[GeoPair]]:
-        """Place-aware batches of this epoch (first-fit); batches of fewer than 2 pairs are dropped."""
-        pairs = self.pairs(epoch)
+    def plan(self, epoch: int) -> tuple[list[list[GeoPair]], EpochStats]:
+        """The epoch's batches (all of ``batch_size`` pairs but the last) and what they hold."""
+        if epoch not in self._plans:
+            self._plans = {epoch: self._plan(epoch)}  # one epoch at a time is ever needed
+        return self._plans[epoch]
+
+    def _plan(self, epoch: int) -> tuple[list[list[GeoPair]], EpochStats]:
+        pairs, asked, pool = self._pairs(epoch)
         conflicts = _conflicts(*self.pair_positions(pairs), self.cfg.eval_radius_m)
-        batch_size = self.cfg.batch_size
-        open_batches: list[tuple[list[int], set[int]]] = []
-        done: list[list[int]] = []
-        for i in range(len(pairs)):
-            for members, member_set in open_batches:
-                if not (conflicts[i] & member_set):
-                    members.append(i)
-                    member_set.add(i)
-                    break
-            else:
-                open_batches.append(([i], {i}))
-            full = [b for b in open_batches if len(b[0]) >= batch_size]
-            if full:
-                done.extend(b[0] for b in full)
-                open_batches = [b for b in open_batches if len(b[0]) < batch_size]
-        done.extend(b[0] for b in open_batches)
-        kept = [[pairs[i] for i in members] for members in done if len(members) >= 2]
+        groups = _fill_batches(conflicts, self.cfg.batch_size)
         rng = np.random.default_rng([self.cfg.seed, epoch, 1])
-        return [kept[i] for i in rng.permutation(len(kept))]
+        full, last = [g for g in groups if len(g) == self.cfg.batch_size], [g for g in groups if len(g) < self.cfg.batch_size]
+        groups = [full[i] for i in rng.permutation(len(full))] + last  # the short one (if any) stays last
+        dropped = sum(len(g) for g in groups if len(g) < 2)
+        groups = [g for g in groups if len(g) >= 2]
+        violations = sum(len(conflicts[i] & set(g)) for g in groups for i in g) // 2
+        sizes = [len(g) for g in groups] or [0]
+        n_query = sum(p.kind == QUERY for p in pairs)
+        stats = EpochStats(epoch, n_query, asked, len(pairs) - n_query, pool, len(groups), min(sizes),
+                           round(float(np.mean(sizes)), 2), violations, dropped)
+        return [[pairs[i] for i in g] for g in groups], stats
+
+    def batches(self, epoch: int) -> list[list[GeoPair]]:
+        """The epoch's batches: ``batch_size`` pairs each but the last, place-aware where possible."""
+        return self.plan(epoch)[0]
 
     def shard(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[GeoPair]]:
         """Rank ``rank``'s disjoint share of the epoch's batches; every rank gets the same count."""
         batches = self.batches(epoch)
         usable = len(batches) - len(batches) % world_size
         return batches[rank:usable:world_size]
+
+
+def _fill_batches(conflicts: list[set[int]], batch_size: int) -> list[list[int]]:
+    """Batches of ``batch_size`` items (the last may be shorter), in order: each takes the first
+    remaining items that conflict with none already in it; when none is left to complete it,
+    it is filled anyway, each time with a remaining item (of the next few) that conflicts with the
+    fewest already in it."""
+    remaining = list(range(len(conflicts)))
+    out: list[list[int]] = []
+    while remaining:
+        batch: list[int] = []
+        members: set[int] = set()
+        rest: list[int] = []
+        for k, i in enumerate(remaining):
+            if len(batch) == batch_size:
+                rest.extend(remaining[k:])
+                break
+            if conflicts[i] & members:
+                rest.append(i)
+            else:
+                batch.append(i)
+                members.add(i)
+        while len(batch) < batch_size and rest:  # fill anyway: the fewest same-place pairs first
+            window = rest[: 8 * batch_size]  # bounded, so a dense world stays linear in its pairs
+            k = min(range(len(window)), key=lambda w: len(conflicts[window[w]] & members))
+            batch.append(rest.pop(k))
+            members.add(batch[-1])
+        out.append(batch)
+        remaining = rest
+    return out
 
 
 def _conflicts(a: np.ndarray, b: np.ndarray, radius: float) -> list[set[int]]:

@@ -1,7 +1,7 @@
 """Training methods: six SSL methods on GeoPairs and the triplet baseline, one interface.
 
     >>> method = build_method("simclr", {"head_layers": 1, "head_dim": 2048}, {"temperature": 0.07})
-    >>> loss = method.loss_pairs(view_a, view_b, place_ids)
+    >>> loss = method.loss_pairs(view_a, view_b, positions)
     >>> method.after_optimizer_step(step, max_steps)
 
 ``METHODS`` maps each name to its class; ``default_method_config(name)`` gives the paper's

@@ -19,7 +19,7 @@ class BarlowTwins(Method):
 
     Examples:
         >>> method = BarlowTwins(build_model({"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}))
-        >>> loss = method.loss_pairs(view_a, view_b, place_ids)
+        >>> loss = method.loss_pairs(view_a, view_b, positions)
         >>> loss.backward()
     """
 
@@ -33,6 +33,6 @@ class BarlowTwins(Method):
         self.config = {"lambda_param": float(lambda_param), "gather_distributed": bool(gather_distributed)}
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_param, gather_distributed=gather_distributed)
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
-        self._check_pairs(view_a, view_b, place_ids)
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
+        self._check_pairs(view_a, view_b, positions)
         return self.criterion(self.model(view_a), self.model(view_b))

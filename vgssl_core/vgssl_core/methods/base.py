@@ -5,8 +5,8 @@ A training loop drives any method the same way::
     method = build_method("byol", {"head_layers": 2, "head_dim": 2048})
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=1e-5)
     # optional, NetVLAD only: method.model.init_netvlad_from_features(feats); method.sync_momentum()
-    for step, (view_a, view_b, place_ids) in enumerate(geopairs):   # method.batch_kind == "pairs"
-        loss = method.loss_pairs(view_a, view_b, place_ids)
+    for step, (view_a, view_b, positions) in enumerate(geopairs):   # method.batch_kind == "pairs"
+        loss = method.loss_pairs(view_a, view_b, positions)
         optimizer.zero_grad(); loss.backward(); optimizer.step()
         method.after_optimizer_step(step, max_steps)
     torch.save({"model_config": method.model.config, "state_dict": method.model.state_dict()}, path)
@@ -56,14 +56,15 @@ class Method(nn.Module):
         """The (unnormalised) descriptor of ``images``: ``self.model(images)``."""
         return self.model(images)
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
         """Loss of a batch of GeoPairs (SSL methods).
 
         Args:
             view_a, view_b: [B, 3, H, W]; ``view_a[i]`` and ``view_b[i]`` show the same place
                 (a query and its positive, or a database image augmented twice).
-            place_ids: int64 [B]; equal ids mean the same place (MoCo v2 uses them to keep
-                same-place queue entries out of its negatives; other methods ignore them).
+            positions: float64 [B, 2, 2]; ``positions[i, 0]`` and ``positions[i, 1]`` are the UTM
+                (east, north) of the images of ``view_a[i]`` and ``view_b[i]`` (MoCo v2 uses them to
+                keep queue keys of the query's place out of its negatives; other methods ignore them).
         Returns:
             The scalar loss, ready for ``backward()``.
         """
@@ -87,13 +88,13 @@ class Method(nn.Module):
 
     # -- helpers for subclasses --------------------------------------------------------------
     @staticmethod
-    def _check_pairs(view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> None:
+    def _check_pairs(view_a: Tensor, view_b: Tensor, positions: Tensor) -> None:
         if view_a.ndim != 4 or view_a.shape != view_b.shape:
             raise ValueError(f"view_a and view_b must both be [B, 3, H, W], got {tuple(view_a.shape)} and {tuple(view_b.shape)}")
         if view_a.shape[0] < 2:
             raise ValueError("a GeoPair batch needs at least 2 pairs (batch statistics and negatives)")
-        if place_ids.shape != (view_a.shape[0],):
-            raise ValueError(f"place_ids must be [B] = [{view_a.shape[0]}], got {tuple(place_ids.shape)}")
+        if positions.shape != (view_a.shape[0], 2, 2):
+            raise ValueError(f"positions must be [B, 2, 2] = [{view_a.shape[0]}, 2, 2], got {tuple(positions.shape)}")
 
 
 def check(condition: bool, message: str) -> None:

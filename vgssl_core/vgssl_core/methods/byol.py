@@ -25,7 +25,7 @@ class BYOL(MomentumMethod):
 
     Examples:
         >>> method = BYOL(build_model({"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}))
-        >>> loss = method.loss_pairs(view_a, view_b, place_ids); loss.backward(); optimizer.step()
+        >>> loss = method.loss_pairs(view_a, view_b, positions); loss.backward(); optimizer.step()
         >>> method.after_optimizer_step(step, max_steps)  # EMA update of the target
     """
 
@@ -44,8 +44,8 @@ class BYOL(MomentumMethod):
         self.predictor = BYOLPredictionHead(dim, predictor_hidden_dim or dim, dim)
         self.criterion = NegativeCosineSimilarity()
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
-        self._check_pairs(view_a, view_b, place_ids)
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
+        self._check_pairs(view_a, view_b, positions)
         self._ensure_synced()
         p_a, p_b = self.predictor(self.model(view_a)), self.predictor(self.model(view_b))
         with torch.no_grad():

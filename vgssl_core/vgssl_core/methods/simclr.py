@@ -19,7 +19,7 @@ class SimCLR(Method):
 
     Examples:
         >>> method = SimCLR(build_model({"head_layers": 1, "head_dim": 2048}), temperature=0.07)
-        >>> loss = method.loss_pairs(view_a, view_b, place_ids)
+        >>> loss = method.loss_pairs(view_a, view_b, positions)
         >>> loss.backward()
     """
 
@@ -33,7 +33,7 @@ class SimCLR(Method):
         self.config = {"temperature": float(temperature), "gather_distributed": bool(gather_distributed)}
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
-        """NT-Xent of the two views; ``place_ids`` are not used (in-batch negatives)."""
-        self._check_pairs(view_a, view_b, place_ids)
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
+        """NT-Xent of the two views; ``positions`` are not used (in-batch negatives)."""
+        self._check_pairs(view_a, view_b, positions)
         return self.criterion(self.model(view_a), self.model(view_b))

@@ -22,7 +22,7 @@ class SimSiam(Method):
 
     Examples:
         >>> method = SimSiam(build_model({"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}))
-        >>> loss = method.loss_pairs(view_a, view_b, place_ids)
+        >>> loss = method.loss_pairs(view_a, view_b, positions)
         >>> loss.backward()
     """
 
@@ -39,8 +39,8 @@ class SimSiam(Method):
         self.predictor = SimSiamPredictionHead(dim, predictor_hidden_dim or dim, dim)
         self.criterion = NegativeCosineSimilarity()
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
-        self._check_pairs(view_a, view_b, place_ids)
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
+        self._check_pairs(view_a, view_b, positions)
         z_a, z_b = self.model(view_a), self.model(view_b)
         p_a, p_b = self.predictor(z_a), self.predictor(z_b)
         return 0.5 * (self.criterion(p_a, z_b.detach()) + self.criterion(p_b, z_a.detach()))

@@ -19,7 +19,7 @@ class VICReg(Method):
 
     Examples:
         >>> method = VICReg(build_model({"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}))
-        >>> loss = method.loss_pairs(view_a, view_b, place_ids)
+        >>> loss = method.loss_pairs(view_a, view_b, positions)
         >>> loss.backward()
     """
 
@@ -38,6 +38,6 @@ class VICReg(Method):
         self.criterion = VICRegLoss(lambda_param=lambda_param, mu_param=mu_param, nu_param=nu_param,
                                     eps=eps, gather_distributed=gather_distributed)
 
-    def loss_pairs(self, view_a: Tensor, view_b: Tensor, place_ids: Tensor) -> Tensor:
-        self._check_pairs(view_a, view_b, place_ids)
+    def loss_pairs(self, view_a: Tensor, view_b: Tensor, positions: Tensor) -> Tensor:
+        self._check_pairs(view_a, view_b, positions)
         return self.criterion(self.model(view_a), self.model(view_b))

@@ -45,7 +45,10 @@ DEFAULTS: dict[str, Any] = {
         "cache_refresh_queries": 1000,
         "db_subset": 1000,
         "negatives_per_query": 10,
-        "margin": 0.1,
+        "margin": 0.1,  # the triplet loss's margin (method_config.margin follows it)
+        # queries per epoch; null: as many as a GeoPair epoch (data.queries_per_epoch, else every
+        # usable query), so the baseline and the SSL methods see equal query budgets per epoch
+        "queries_per_epoch": None,
     },
     "optim": {
         "name": "adam",
@@ -189,11 +192,41 @@ def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | 
     for key, value, valid in checks:
         if value not in valid:
             raise VgsslError(f"config key '{key}' is '{value}'; valid: {', '.join(valid)}")
+    _check_data_and_mining(cfg)
+    if cfg["method"] == "triplet":  # one margin: mining.margin (the presets' key) sets the loss's
+        given = cfg["method_config"].get("margin")
+        if given is not None and float(given) != cfg["mining"]["margin"]:
+            raise VgsslError(f"method_config.margin={given} disagrees with mining.margin={cfg['mining']['margin']}; "
+                             "set mining.margin only")
+        cfg["method_config"] = {**cfg["method_config"], "margin": cfg["mining"]["margin"]}
     cfg["method_config"] = resolve_method_config(cfg["method"], cfg["method_config"])
     # the head's BatchNorm etc. follow the method unless the preset says otherwise
     cfg["model"] = model_config_for_method(cfg["method"], cfg["model"])
     cfg["data"]["augment"] = resolve_augment_config(cfg["data"]["augment"])
     return cfg
+
+
+def _optional_count(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise VgsslError(f"config key '{key}' must be an integer >= 1 or null, got {value!r}")
+    return int(value)
+
+
+def _check_data_and_mining(cfg: dict[str, Any]) -> None:
+    """The GeoPair and mining values, before any work starts (one line each)."""
+    from vgssl_core.data.geopairs import POSITIVE_CHOICES
+
+    data, mining = cfg["data"], cfg["mining"]
+    if not data["db_negative_ratio"] >= 0:
+        raise VgsslError(f"config key 'data.db_negative_ratio' must be >= 0, got {data['db_negative_ratio']}")
+    if not mining["margin"] > 0:
+        raise VgsslError(f"config key 'mining.margin' must be > 0, got {mining['margin']}")
+    if data["positive"] not in POSITIVE_CHOICES:
+        raise VgsslError(f"config key 'data.positive' is '{data['positive']}'; valid: {', '.join(POSITIVE_CHOICES)}")
+    data["queries_per_epoch"] = _optional_count(data["queries_per_epoch"], "data.queries_per_epoch")
+    mining["queries_per_epoch"] = _optional_count(mining["queries_per_epoch"], "mining.queries_per_epoch")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -18,7 +19,8 @@ from vgssl_core.data.transforms import eval_transform, seeded, train_transform
 
 
 class GeoPairImages(Dataset):
-    """``dataset[GeoPair]`` -> (view_a, view_b, place id)."""
+    """``dataset[GeoPair]`` -> (view_a, view_b, positions): positions is float64 [2, 2], the UTM
+    (east, north) of image a and of image b (MoCo v2 masks its queue by these)."""
 
     def __init__(self, split: GeoSplit, image_size, augment: dict) -> None:
         self.split = split
@@ -29,7 +31,10 @@ class GeoPairImages(Dataset):
     def __len__(self) -> int:  # items come from the batch sampler, not from an index range
         return len(self.split.queries) + len(self.split.database)
 
-    def __getitem__(self, pair: GeoPair) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, pair: GeoPair) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        db_utm = self.split.database.utm
+        a_utm = self.split.queries.utm[pair.a] if pair.kind == QUERY else db_utm[pair.a]
+        positions = torch.tensor(np.stack([a_utm, db_utm[pair.b]]), dtype=torch.float64)
         if pair.kind == QUERY:
             view_a = seeded(self.augmented, load_image(self.split.queries.paths[pair.a]), pair.seed)
             positive = load_image(self.split.database.paths[pair.b])
@@ -38,7 +43,7 @@ class GeoPairImages(Dataset):
             image = load_image(self.split.database.paths[pair.a])
             view_a = seeded(self.augmented, image, pair.seed)
             view_b = seeded(self.augmented, image, pair.seed + 1)
-        return view_a, view_b, pair.place
+        return view_a, view_b, positions
 
 
 @dataclass(frozen=True)
@@ -67,17 +72,3 @@ class TripletImages(Dataset):
         positive = self.plain(load_image(db[t.positive]))
         negatives = torch.stack([self.plain(load_image(db[n])) for n in t.negatives])
         return query, positive, negatives
-
-
-class ListBatches:
-    """A batch sampler over a fixed list of planned items (the miner's triplets)."""
-
-    def __init__(self, items: list, batch_size: int) -> None:
-        self.batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-        self.batches = [b for b in self.batches if len(b) >= 2] or self.batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)

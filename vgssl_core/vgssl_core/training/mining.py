@@ -1,21 +1,28 @@
 """Hard-negative mining for the supervised triplet baseline (Berton et al., CVPR 2022).
 
-Every ``cache_refresh_queries`` queries the current model describes a *cache*: the queries
-and the database images that may serve as their positives and negatives. Each query gets its
-feature-nearest positive within the train radius and, as negatives, its ``negatives_per_query``
-feature-nearest database images farther than the evaluation radius. The modes differ in the
-database part of the cache:
+An epoch holds ``queries_per_epoch`` queries (by default as many as a GeoPair epoch, so the
+baseline and the SSL methods see the same number of queries per epoch), taken in chunks of
+``cache_refresh_queries``. Before each chunk is trained on, the current model describes a
+*cache* and each query of the chunk gets its feature-nearest positive within the train radius
+and ``negatives_per_query`` negatives farther than the evaluation radius. The modes differ in
+where the negatives come from (the benchmark's ``datasets_ws.py:586-598``):
 
-- ``full``: the whole database (the hardest negatives, and the cost GeoPairs avoid);
-- ``partial``: a random subset of ``db_subset`` images per refresh plus the queries' positives;
-- ``random``: only the queries' positives are described; negatives are drawn at random.
+- ``full``: the whole database is described; each query's candidates are ``db_subset`` random
+  database images of its own (all, if the database is smaller) plus the hardest negatives it
+  got the last time it was mined; the ``negatives_per_query`` nearest become its negatives;
+- ``partial``: ``db_subset`` random database images per refresh (plus the chunk's positives, for
+  the positive choice) are described; the hardest among them are the negatives;
+- ``random``: only the chunk's positives are described; negatives are drawn at random.
 
-Search runs with faiss on the cache (``retrieval.ExactIndex``).
+Search runs with faiss on the cache (``evaluation.search.ExactIndex``). Everything is a function
+of (seed, epoch, chunk) and the model; the previous hardest negatives are state, saved in
+checkpoints (``state_dict``) so a resumed run mines as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -40,10 +47,33 @@ class TripletMiner:
         n_neg = int(mining["negatives_per_query"])
         if n_neg < 1:
             raise VgsslError(f"mining.negatives_per_query must be >= 1, got {n_neg}")
+        # the SSL epoch's query count unless set: data.queries_per_epoch, else every usable query
+        wanted = mining.get("queries_per_epoch") or data.get("queries_per_epoch") or len(self.usable)
+        self.queries_per_epoch = int(wanted)
+        self.previous_hardest: dict[int, tuple[int, ...]] = {}  # full mode: query -> its last negatives
 
-    def _random_negatives(self, q: int, rng: np.random.Generator, k: int) -> list[int]:
+    # -- state (checkpoints) -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        queries = sorted(self.previous_hardest)
+        return {"queries": queries, "negatives": [list(self.previous_hardest[q]) for q in queries]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.previous_hardest = {int(q): tuple(int(n) for n in negs)
+                                 for q, negs in zip(state.get("queries", []), state.get("negatives", []))}
+
+    # -- the epoch's queries -----------------------------------------------------------------
+    def epoch_chunks(self, epoch: int) -> list[np.ndarray]:
+        """The epoch's queries in cache-refresh chunks; more queries than usable ones repeat
+        them (a fresh permutation each pass)."""
+        rng = np.random.default_rng([self.seed, epoch, 3])
+        passes = math.ceil(self.queries_per_epoch / len(self.usable))
+        order = np.concatenate([rng.permutation(self.usable) for _ in range(passes)])[: self.queries_per_epoch]
+        size = max(int(self.cfg["cache_refresh_queries"]), 1)
+        return [order[i:i + size] for i in range(0, len(order), size)]
+
+    def _random_negatives(self, q: int, rng: np.random.Generator, k: int, taken: list[int] | None = None) -> list[int]:
         n_db = len(self.split.database)
-        excluded = set(self.near[q].tolist())
+        excluded = set(self.near[q].tolist()) | set(taken or [])
         out: list[int] = []
         while len(out) < k and len(excluded) + len(out) < n_db:
             cand = int(rng.integers(n_db))
@@ -51,40 +81,80 @@ class TripletMiner:
                 out.append(cand)
         return out
 
-    def triplets(self, epoch: int, describe: Describe) -> list[Triplet]:
-        """Mine one cache refresh worth of triplets with the current model."""
-        rng = np.random.default_rng([self.seed, epoch])
-        chunk = rng.permutation(self.usable)[: int(self.cfg["cache_refresh_queries"])]
+    def triplets(self, epoch: int, describe: Describe, chunk: int = 0) -> list[Triplet]:
+        """Mine chunk ``chunk`` of ``epoch`` (one cache refresh) with the current model."""
+        queries = self.epoch_chunks(epoch)[chunk]
+        rng = np.random.default_rng([self.seed, epoch, chunk])
         mode, k = self.cfg["mode"], int(self.cfg["negatives_per_query"])
-        chunk_positives = np.unique(np.concatenate([self.positives[q] for q in chunk]))
+        n_db, subset = len(self.split.database), min(int(self.cfg["db_subset"]), len(self.split.database))
+        chunk_positives = np.unique(np.concatenate([self.positives[q] for q in queries]))
+        shared = rng.choice(n_db, size=subset, replace=False) if mode == "partial" else None
         if mode == "full":
-            cache = np.arange(len(self.split.database))
+            cache = np.arange(n_db)
         elif mode == "partial":
-            size = min(int(self.cfg["db_subset"]), len(self.split.database))
-            cache = np.union1d(rng.choice(len(self.split.database), size=size, replace=False), chunk_positives)
+            cache = np.union1d(shared, chunk_positives)
         else:
             cache = chunk_positives
-        q_desc = describe("queries", chunk)
+        q_desc = describe("queries", queries)
         index = ExactIndex(describe("database", cache), "ip")
         where = {int(d): i for i, d in enumerate(cache)}
-        depth = min(len(cache), k + max(len(self.near[q]) for q in chunk))
-        _, ranked = index.search(q_desc, depth)
-        seeds = rng.integers(0, 2**62, size=len(chunk))
+        seeds = rng.integers(0, 2**62, size=len(queries))
         triplets = []
-        for row, (q, seed) in enumerate(zip(chunk.tolist(), seeds.tolist())):
+        for row, (q, seed) in enumerate(zip(queries.tolist(), seeds.tolist())):
+            query = q_desc[row] / max(float(np.linalg.norm(q_desc[row])), 1e-12)
             pos_rows = [where[int(p)] for p in self.positives[q]]
-            sims = index.db[pos_rows] @ q_desc[row] / max(np.linalg.norm(q_desc[row]), 1e-12)
-            positive = int(self.positives[q][int(np.argmax(sims))])
+            positive = int(self.positives[q][int(np.argmax(index.db[pos_rows] @ query))])
             if mode == "random":
                 negatives = self._random_negatives(q, rng, k)
             else:
-                near = set(self.near[q].tolist())
-                negatives = [int(cache[c]) for c in ranked[row] if c >= 0 and int(cache[c]) not in near][:k]
-                if len(negatives) < k:  # a small cache: top up at random, never with same-place images
-                    negatives += [n for n in self._random_negatives(q, rng, k) if n not in negatives][: k - len(negatives)]
+                candidates = self.full_candidates(q, rng) if mode == "full" else np.setdiff1d(shared, self.near[q])
+                sims = index.db[[where[int(c)] for c in candidates]] @ query if len(candidates) else np.empty(0)
+                negatives = [int(candidates[i]) for i in np.argsort(-sims, kind="stable")[:k]]
+                if len(negatives) < k:  # a small database: top up at random, never with same-place images
+                    negatives += self._random_negatives(q, rng, k - len(negatives), negatives)
+                if mode == "full":
+                    self.previous_hardest[q] = tuple(negatives)
             if len(negatives) == k:
                 triplets.append(Triplet(q, positive, tuple(negatives), int(seed)))
         if not triplets:
             raise VgsslError(f"could not mine {k} negatives farther than the evaluation radius for any query; "
                              "lower mining.negatives_per_query or use a larger database")
         return triplets
+
+    def full_candidates(self, q: int, rng: np.random.Generator) -> np.ndarray:
+        """Full mode: where query ``q`` takes its negatives from: ``db_subset`` random database
+        images (all, if fewer) and its previous hardest negatives, less its same-place images."""
+        n_db = len(self.split.database)
+        own = rng.choice(n_db, size=min(int(self.cfg["db_subset"]), n_db), replace=False)
+        previous = np.array(self.previous_hardest.get(q, ()), dtype=np.int64)
+        return np.setdiff1d(np.union1d(own, previous), self.near[q])
+
+
+class MinedBatches:
+    """A torch ``batch_sampler`` over one epoch of mined triplets, mined chunk by chunk as training
+    reaches it (the benchmark's loop: refresh the cache with the current model, train on its
+    ``cache_refresh_queries`` queries, refresh again). Mining runs in the main process, where the
+    data loader draws batches; with workers it runs a few batches ahead of the optimizer.
+
+    Each rank takes a disjoint, equally long share of every chunk.
+    """
+
+    def __init__(self, miner: TripletMiner, epoch: int, describe: Describe, batch_size: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.miner, self.epoch, self.describe = miner, epoch, describe
+        self.batch_size, self.rank, self.world_size = int(batch_size), rank, world_size
+        self.chunks = miner.epoch_chunks(epoch)
+
+    def _share(self, n: int) -> int:
+        return (n - n % self.world_size) // self.world_size
+
+    def __len__(self) -> int:
+        return sum(math.ceil(self._share(len(c)) / self.batch_size) for c in self.chunks)
+
+    def __iter__(self) -> Iterator[list[Triplet]]:
+        for c in range(len(self.chunks)):
+            triplets = self.miner.triplets(self.epoch, self.describe, c)
+            usable = len(triplets) - len(triplets) % self.world_size
+            mine = triplets[self.rank:usable:self.world_size]
+            for i in range(0, len(mine), self.batch_size):
+                yield mine[i:i + self.batch_size]

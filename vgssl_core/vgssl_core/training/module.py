@@ -7,6 +7,7 @@ reloads it every epoch), from (seed, epoch) alone, so a resumed run replays the 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -24,10 +25,12 @@ from vgssl_core.errors import VgsslError
 from vgssl_core.data.geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
 from vgssl_core.methods import build_method
 from vgssl_core.evaluation.search import prepare
-from vgssl_core.training.data import GeoPairImages, ListBatches, TripletImages
-from vgssl_core.training.mining import TripletMiner
+from vgssl_core.training.data import GeoPairImages, TripletImages
+from vgssl_core.training.mining import MinedBatches, TripletMiner
 
 MODEL_PREFIX = "method.model."
+DATA_KEY = "vgssl_data"  # checkpoint entry: the per-epoch data history and the miner's state (resume)
+log = logging.getLogger("vgssl")
 
 
 class VgsslModule(pl.LightningModule):
@@ -49,6 +52,8 @@ class VgsslModule(pl.LightningModule):
             skipped = self.sampler.n_queries_without_positive
         self.n_queries_without_positive = skipped
         self._tick: float | None = None
+        # what each epoch's plan held (EpochStats / the miner's counts): summary.json's data_history
+        self.data_history: list[dict[str, Any]] = []
 
     # -- data ---------------------------------------------------------------------------
     def _describe(self, side: str, indices: np.ndarray) -> np.ndarray:
@@ -57,6 +62,8 @@ class VgsslModule(pl.LightningModule):
         desc = extract_descriptors(self.method.model, paths, self.cfg["model"]["image_size"], self.device,
                                    batch_size=self.cfg["trainer"]["eval_batch_size"],
                                    workers=self.cfg["data"]["workers"], progress=False)
+        if self.training:  # extraction restored train mode on every layer; frozen BatchNorm stays frozen
+            self._apply_batchnorm_mode()
         return prepare(desc, "ip")
 
     def train_dataloader(self) -> DataLoader:
@@ -64,18 +71,36 @@ class VgsslModule(pl.LightningModule):
         size = self.cfg["model"]["image_size"]
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if self.sampler is None:
-            triplets = self.miner.triplets(epoch, self._describe)
-            triplets = triplets[rank::world]
-            dataset, batches = TripletImages(self.train_split, size, data["augment"]), ListBatches(triplets, data["batch_size"])
+            batches = MinedBatches(self.miner, epoch, self._describe, data["batch_size"], rank, world)
+            dataset = TripletImages(self.train_split, size, data["augment"])
+            self._record_data({"epoch": epoch, "queries": self.miner.queries_per_epoch,
+                               "cache_refreshes": len(batches.chunks), "batches": len(batches)},
+                              f"epoch {epoch} data: {self.miner.queries_per_epoch} queries, "
+                              f"{len(batches.chunks)} cache refreshes ({self.cfg['mining']['mode']} mining), "
+                              f"{len(batches)} batches")
         else:
-            if data["positive"] == "feature-nearest":
-                q = self._describe("queries", np.arange(len(self.train_split.queries)))
-                self.sampler.set_descriptors(q, self._describe("database", np.arange(len(self.train_split.database))))
+            needed = self.sampler.needs_descriptors(epoch)
+            line_end = ""
+            if needed is not None:  # one descriptor refresh per epoch: the sampled queries, their positives
+                start = time.perf_counter()
+                q_idx, db_idx = needed
+                self.sampler.set_descriptors(epoch, q_idx, self._describe("queries", q_idx),
+                                             db_idx, self._describe("database", db_idx))
+                refresh_s = round(time.perf_counter() - start, 3)
+                line_end = f"; descriptor refresh {len(q_idx) + len(db_idx)} images in {refresh_s} s"
+            stats = self.sampler.plan(epoch)[1]
+            extra = {} if needed is None else {"descriptor_refresh_s": refresh_s}
+            self._record_data({**stats.as_dict(), **extra}, stats.line() + line_end)
             dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world)
             batches.set_epoch(epoch)
         workers = int(data["workers"])
         return DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False,
                           pin_memory=self.device.type == "cuda")
+
+    def _record_data(self, stats: dict[str, Any], line: str) -> None:
+        self.data_history = [h for h in self.data_history if h["epoch"] != stats["epoch"]] + [stats]
+        if self.trainer.is_global_zero:
+            log.info(line)
 
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -84,8 +109,8 @@ class VgsslModule(pl.LightningModule):
             loss = self.method.loss_triplets(query, positive, negatives)
             n_images = query.shape[0] * (2 + negatives.shape[1])
         else:
-            view_a, view_b, places = batch
-            loss = self.method.loss_pairs(view_a, view_b, places)
+            view_a, view_b, positions = batch
+            loss = self.method.loss_pairs(view_a, view_b, positions)
             n_images = 2 * view_a.shape[0]
         if not torch.isfinite(loss):
             raise VgsslError(f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
@@ -166,8 +191,14 @@ class VgsslModule(pl.LightningModule):
             "config": self.cfg,
             "model_prefix": MODEL_PREFIX,
         }
+        checkpoint[DATA_KEY] = {"history": self.data_history,
+                                "miner": self.miner.state_dict() if self.sampler is None else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        data = checkpoint.get(DATA_KEY) or {}
+        self.data_history = list(data.get("history", []))
+        if self.sampler is None and data.get("miner") is not None:
+            self.miner.load_state_dict(data["miner"])
         theirs = checkpoint.get(KEY, {}).get("model_config")
         if theirs is not None and theirs != self.cfg["model"]:
             diff = sorted(k for k in set(theirs) | set(self.cfg["model"]) if theirs.get(k) != self.cfg["model"].get(k))

@@ -190,7 +190,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     summary: dict[str, Any] = {"run_dir": str(run_dir), "method": cfg["method"], "name": cfg.get("name"),
                                "epochs": trainer.current_epoch, "steps": trainer.global_step,
                                "train_seconds": round(seconds, 2), "best_val_r5": callback.best_r5,
-                               "val_history": callback.history}
+                               "val_history": callback.history, "data_history": module.data_history}
     if test_split is not None and trainer.is_global_zero:
         best = run_dir / "best.ckpt"
         ckpt = best if best.exists() else run_dir / "last.ckpt"
