@@ -86,6 +86,11 @@ def test_the_ros2_tools_find_the_venv_install(ros_env, tmp_path):
     replay = run([BIN / "ros2", "run", "vgssl_ros", "bag_replay", "--ros-args", "-p", "mode:=live",
                   "-p", f"bag:={missing}"], env)
     assert replay.returncode == 2 and str(missing) in replay.stdout + replay.stderr, replay
+    ckpt = tmp_path / "no_such.ckpt"
+    localizer = run([BIN / "ros2", "run", "vgssl_ros", "localizer", "--ros-args", "--params-file",
+                     REPO / "config" / "localizer.yaml", "-p", f"checkpoint:={ckpt}", "-p", f"database:={tmp_path}"],
+                    env, timeout=STARTUP_TIMEOUT)
+    assert localizer.returncode == 2 and f"{ckpt}: checkpoint not found" in localizer.stderr, localizer
 
 
 # --- launch_testing ----------------------------------------------------------------------------------
