@@ -130,7 +130,7 @@ link_files() {  # link_files FROM_DIR TO_DIR GLOB...: a link per matching file, 
     done
     for pattern in "$@"; do
         for f in "$from"/$pattern; do
-            [[ -f "$f" ]] && link_into_share "$f" "$to/$(basename "$f")"
+            if [[ -f "$f" ]]; then link_into_share "$f" "$to/$(basename "$f")"; fi
         done
     done
 }
@@ -138,7 +138,10 @@ SHARE="$VENV/share/vgssl_ros"
 link_into_share "$REPO/vgssl_ros/package.xml" "$SHARE/package.xml"
 link_files "$REPO/launch" "$SHARE/launch" '*.launch.py'  # the files vgssl_ros/setup.py installs
 link_files "$REPO/config" "$SHARE/config" '*.yaml' '*.yml' '*.xml'
-for script in localizer bag_replay; do  # the console_scripts of vgssl_ros/setup.py
+# the console_scripts of vgssl_ros/setup.py ("name = vgssl_ros.module:function")
+scripts="$(sed -n 's/^ *"\([A-Za-z0-9_]*\) = vgssl_ros\.[A-Za-z0-9_.]*:[A-Za-z0-9_]*",*$/\1/p' "$REPO/vgssl_ros/setup.py")"
+[[ -n "$scripts" ]] || die "no console_scripts found in $REPO/vgssl_ros/setup.py"
+for script in $scripts; do
     [[ -x "$VENV/bin/$script" ]] || die "$VENV/bin/$script is missing: reinstall with $PY -m pip install -e $REPO/vgssl_ros"
     link_into_share "$VENV/bin/$script" "$VENV/lib/vgssl_ros/$script"
 done
