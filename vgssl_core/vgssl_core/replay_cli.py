@@ -125,6 +125,8 @@ def run_replay_command(args: argparse.Namespace) -> int:
         raise VgsslError(f"--threshold must be > 0 m, got {args.threshold}")
     if args.top_k < 1:
         raise VgsslError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.gnss_tolerance >= 0:  # before the model loads (Replay checks it again)
+        raise VgsslError(f"--gnss-tolerance must be >= 0 s, got {args.gnss_tolerance}")
     if args.max_frames is not None and args.max_frames < 1:
         raise VgsslError(f"--max-frames must be >= 1, got {args.max_frames}")
     params = None
