@@ -302,6 +302,11 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # Done, and the exit status decided: a signal from now on (launch stopping everything as
+        # the bag ends) must not kill the process with it. Python's finalization puts SIGINT back to
+        # its default action (death by signal, status -2) unless it is ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def generate_test_description():
 
 
 class TestReplayToTheLocalizer(unittest.TestCase):
-    def test_the_localizer_answers_replayed_frames_with_their_stamps(self, proc_output, bag):
+    def test_the_localizer_answers_replayed_frames_with_their_stamps(self, proc_output, proc_info, bag):
         with BagReader(bag) as reader:
             stamps = [f.stamp_ns for f in reader.image_frames(CAMERA, decode=False)]
         context = rclpy.Context()
@@ -115,6 +115,9 @@ class TestReplayToTheLocalizer(unittest.TestCase):
         self.assertTrue(set(got) <= set(stamps), "a Localization with a stamp that is no frame of the bag")
         self.assertEqual(got, sorted(got), "localizations out of recording order")
         proc_output.assertWaitFor(f"replayed {FRAMES} frames", timeout=TIMEOUT)
+        # The end of the bag ends bag_replay by itself (and with it the launch): wait for that, or
+        # this test's end would stop it first and its exit code below would prove nothing.
+        proc_info.assertWaitForShutdown("bag_replay", timeout=30)
 
 
 @launch_testing.post_shutdown_test()
