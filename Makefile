@@ -5,6 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vgssl-setup
+# The project's shared folder, a sibling of the checkout; its ros2-launch/ holds the ROS 2 launch
+# stack (launch, launch_testing, the ros2 command), which is not on PyPI. Without it the launch
+# tests skip. From a git worktree elsewhere: make SHARED=/path/to/shared (tests read VGSSL_SHARED).
+SHARED ?= ../shared
+export VGSSL_SHARED := $(abspath $(SHARED))
+LAUNCH_STACK := $(SHARED)/ros2-launch/install.sh
 # Every ROS process we start stays on this machine and in its own domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_localhost.xml
@@ -12,7 +18,11 @@ ROS_SOURCES := $(shell find vgssl_msgs vgssl_ros -type f \( -name '*.msg' -o -na
 
 .PHONY: setup demo test test-core test-ros bench clean
 
+# The launch stack's install.sh is a no-op when it is installed already (a stamp of its own),
+# and runs here, outside the stamp, so that a ../shared that appears later is picked up.
 setup: $(STAMP)
+	@if [ -f "$(LAUNCH_STACK)" ]; then bash "$(LAUNCH_STACK)" $(VENV); \
+	else echo "setup: $(SHARED)/ros2-launch not found: ros2 launch and launch_testing not installed (launch tests skip)"; fi
 
 $(STAMP): requirements.txt requirements-ros.txt vgssl_core/pyproject.toml $(ROS_SOURCES) $(wildcard tools/ros_setup.sh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

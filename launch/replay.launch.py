@@ -11,10 +11,13 @@ seconds to load), and the launch shuts down when the bag ends (never, with ``loo
 For Recall@N of every frame, run the node offline instead (``vgssl replay`` or ``bag_replay``
 with ``mode:=offline``).
 
-The localizer is started by including localize.launch.py, so it is started exactly as there and
-its arguments are this file's too: ``checkpoint`` and ``database`` (required), ``params_file``
-(the localizer's, default the installed ``config/localizer.yaml``), ``fastdds_profile`` (an
-include is not scoped: the profile it sets applies to bag_replay as well) and ``log_level``.
+The localizer is started by including localize.launch.py, so it is started exactly as there.
+launch fills an included file's arguments only from the include's own ``launch_arguments`` (never
+from the parent's arguments, and a required one that is missing there stops the launch), so every
+argument of localize.launch.py that this file offers is declared here and passed on explicitly:
+``checkpoint`` and ``database`` (required), ``localizer_params_file`` (its ``params_file``, default
+the installed ``config/localizer.yaml``), ``fastdds_profile`` (an include is not scoped: the
+profile it sets applies to bag_replay as well), ``image_topic``, ``use_sim_time`` and ``log_level``.
 Arguments of the replay: ``bag`` (required), ``image_topic`` (the bag's camera topic, replayed
 under the same name; the localizer subscribes to it), ``rate``, ``loop``, ``use_sim_time`` (true:
 the replay publishes ``/clock`` with the recorded time and the localizer runs on it) and
@@ -37,6 +40,8 @@ def generate_launch_description():
 
     arguments = [
         DeclareLaunchArgument("bag", description="rosbag2 bag to replay: a folder, or a .mcap / .db3 file"),
+        DeclareLaunchArgument("checkpoint", description="vgssl checkpoint (.ckpt) of the localizer's model"),
+        DeclareLaunchArgument("database", description="map database folder built by 'vgssl build-db' with it"),
         DeclareLaunchArgument("image_topic", default_value="/camera/image_raw",
                               description="the bag's camera topic (Image or CompressedImage), replayed "
                                           "under the same name; the localizer subscribes to it"),
@@ -48,13 +53,25 @@ def generate_launch_description():
         DeclareLaunchArgument("replay_params_file",
                               default_value=os.path.join(share, "config", "bag_replay.yaml"),
                               description="parameter file of bag_replay (keyed 'bag_replay: ros__parameters:')"),
+        DeclareLaunchArgument("localizer_params_file",
+                              default_value=os.path.join(share, "config", "localizer.yaml"),
+                              description="parameter file of the localizer (keyed 'localizer: ros__parameters:')"),
+        DeclareLaunchArgument("fastdds_profile", default_value="",
+                              description="Fast DDS XML profile for both nodes; empty: keep the environment's"),
         DeclareLaunchArgument("log_level", default_value="info", description="log level of both nodes"),
     ]
     localizer = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(share, "launch", "localize.launch.py")),
-        launch_arguments={"image_topic": LaunchConfiguration("image_topic"),
-                          "use_sim_time": LaunchConfiguration("use_sim_time"),
-                          "log_level": LaunchConfiguration("log_level")}.items(),
+        # (argument of localize.launch.py, value): each one explicitly, see the module docstring
+        launch_arguments=[
+            ("checkpoint", LaunchConfiguration("checkpoint")),
+            ("database", LaunchConfiguration("database")),
+            ("params_file", LaunchConfiguration("localizer_params_file")),
+            ("image_topic", LaunchConfiguration("image_topic")),
+            ("use_sim_time", LaunchConfiguration("use_sim_time")),
+            ("fastdds_profile", LaunchConfiguration("fastdds_profile")),
+            ("log_level", LaunchConfiguration("log_level")),
+        ],
     )
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     replay = Node(

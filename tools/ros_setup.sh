@@ -108,9 +108,11 @@ if grep -qx "missing-vgssl-ros" <<<"$STATE"; then
     note "installed vgssl_ros (editable) into $VENV"
 fi
 
-# setuptools' editable wheels skip data_files, so give the venv the share folder that a
-# `colcon build --symlink-install` would make: links into the checkout, found by
-# ament_index_python (get_package_share_directory) when AMENT_PREFIX_PATH names the venv.
+# setuptools' editable wheels skip data_files, so give the venv the layout that a
+# `colcon build --symlink-install` makes, which the ROS tools look in once AMENT_PREFIX_PATH names
+# the venv: share/vgssl_ros with a link per file into the checkout (ros2launch finds launch files
+# with os.walk, which does not enter linked folders) and the console scripts in lib/vgssl_ros
+# (where `ros2 run` and launch_ros look for a package's executables; pip puts them in bin/).
 share_changed=0
 link_into_share() {  # link_into_share TARGET LINK
     [[ "$(readlink "$2" 2>/dev/null || true)" == "$1" ]] && return 0
@@ -119,12 +121,33 @@ link_into_share() {  # link_into_share TARGET LINK
     ln -s "$1" "$2"
     share_changed=1
 }
-link_into_share "$REPO/vgssl_ros/package.xml" "$VENV/share/vgssl_ros/package.xml"
-link_into_share "$REPO/launch" "$VENV/share/vgssl_ros/launch"
-link_into_share "$REPO/config" "$VENV/share/vgssl_ros/config"
+link_files() {  # link_files FROM_DIR TO_DIR GLOB...: a link per matching file, stale links removed
+    local from="$1" to="$2" f; shift 2
+    [[ -L "$to" ]] && { rm -f "$to"; share_changed=1; }  # the folder link of an older set-up
+    mkdir -p "$to"
+    for f in "$to"/*; do
+        if [[ -L "$f" && ! -e "$f" ]]; then rm -f "$f"; share_changed=1; fi
+    done
+    for pattern in "$@"; do
+        for f in "$from"/$pattern; do
+            if [[ -f "$f" ]]; then link_into_share "$f" "$to/$(basename "$f")"; fi
+        done
+    done
+}
+SHARE="$VENV/share/vgssl_ros"
+link_into_share "$REPO/vgssl_ros/package.xml" "$SHARE/package.xml"
+link_files "$REPO/launch" "$SHARE/launch" '*.launch.py'  # the files vgssl_ros/setup.py installs
+link_files "$REPO/config" "$SHARE/config" '*.yaml' '*.yml' '*.xml'
+# the console_scripts of vgssl_ros/setup.py ("name = vgssl_ros.module:function")
+scripts="$(sed -n 's/^ *"\([A-Za-z0-9_]*\) = vgssl_ros\.[A-Za-z0-9_.]*:[A-Za-z0-9_]*",*$/\1/p' "$REPO/vgssl_ros/setup.py")"
+[[ -n "$scripts" ]] || die "no console_scripts found in $REPO/vgssl_ros/setup.py"
+for script in $scripts; do
+    [[ -x "$VENV/bin/$script" ]] || die "$VENV/bin/$script is missing: reinstall with $PY -m pip install -e $REPO/vgssl_ros"
+    link_into_share "$VENV/bin/$script" "$VENV/lib/vgssl_ros/$script"
+done
 MARKER="$VENV/share/ament_index/resource_index/packages/vgssl_ros"
 if [[ ! -f "$MARKER" ]]; then
     mkdir -p "$(dirname "$MARKER")" && : >"$MARKER"
     share_changed=1
 fi
-[[ $share_changed -eq 0 ]] || note "linked share/vgssl_ros of $VENV to the checkout's launch/ and config/"
+[[ $share_changed -eq 0 ]] || note "linked share/vgssl_ros and lib/vgssl_ros of $VENV to the checkout's launch/, config/ and nodes"

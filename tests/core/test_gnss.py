@@ -53,6 +53,19 @@ def test_stamps_in_a_long_gap_or_outside_the_track_get_no_position():
     assert track.at(int(1.0 * S), 0.5) == (None, GAP)
 
 
+def test_stamps_just_beyond_the_ends_take_the_nearest_fix_within_the_tolerance():
+    track = GnssTrack.from_fixes(straight(11))  # fixes at 0.0 .. 2.0 s
+    stamps = (np.array([-0.25, -0.01, 0.5, 2.01, 2.2, 2.25]) * S).astype(np.int64)
+    pos, reasons = track.interpolate(stamps, max_gap_s=0.5, end_tolerance_s=0.2)
+    assert reasons == [OUTSIDE, None, None, None, None, OUTSIDE]
+    assert np.allclose(pos[1], track.utm[0]) and np.allclose(pos[[3, 4]], track.utm[-1])
+    assert np.isnan(pos[[0, 5]]).all()
+    assert track.at(int(2.01 * S), 0.5)[1] == OUTSIDE  # no tolerance: as before
+    assert np.allclose(track.at(int(2.01 * S), 0.5, 0.2)[0], track.utm[-1])
+    with pytest.raises(VgsslError):
+        track.interpolate(stamps, 0.5, end_tolerance_s=-0.1)
+
+
 def test_no_fix_nan_and_unreadable_messages_are_dropped_and_counted():
     fixes = straight(6)
     fixes[1] = fix(0.2, lat=45.0, lon=7.7, status=STATUS_NO_FIX)  # a receiver repeating a stale position

@@ -221,6 +221,29 @@ def test_bad_frames_gnss_holes_and_shuffled_fixes_are_counted_not_fatal(drive, d
     assert any("yuv422" in e for e in report["errors"])
 
 
+def test_gnss_fixes_just_before_each_image_give_every_frame_a_ground_truth(drive, db, ckpt, tmp_path):
+    """A recorder whose fix comes 10 ms before each image: the last image is 10 ms past the last fix.
+
+    Within --gnss-tolerance (default 0.2 s) it takes that fix, so every frame counts, as in `vgssl
+    eval` on the same images; with --gnss-tolerance 0 it is skipped as before.
+    """
+    bag = tmp_path / "fix_first"
+    with BagReader(drive) as src, BagWriter(bag) as dst:
+        frames = [f for f in src.image_frames(IMAGES) if f.index < 8]
+        truth = list(src.gnss_fixes(TRUTH))
+        for f in frames:
+            near = min(truth, key=lambda g: abs(g.stamp_ns - f.stamp_ns))
+            dst.write_navsat(GNSS, f.stamp_ns - 10_000_000, near.latitude, near.longitude, near.altitude,
+                             bag_stamp_ns=f.bag_stamp_ns - 10_000_000)
+            dst.write_image(IMAGES, f.rgb, f.stamp_ns, bag_stamp_ns=f.bag_stamp_ns)
+    code, _, report = replay(tmp_path, bag, db, ckpt, "--fusion", "none")
+    assert code == 0, report
+    assert report["n_read"] == report["n_frames"] == 8 and report["skipped"] == {}
+    assert report["gnss_tolerance_s"] == 0.2
+    code, _, strict = replay(tmp_path, bag, db, ckpt, "--fusion", "none", "--gnss-tolerance", "0")
+    assert code == 0 and strict["skipped"] == {"gnss_outside": 1} and strict["n_frames"] == 7
+
+
 def test_bag_mistakes_are_one_line_errors(drive, db, ckpt, tmp_path, capsys):
     def fails(bag, *extra, message):
         out = tmp_path / "out"
@@ -231,6 +254,7 @@ def test_bag_mistakes_are_one_line_errors(drive, db, ckpt, tmp_path, capsys):
     fails(drive, "--image-topic", "/nope", "--gnss-topic", GNSS,
           message="no image topic '/nope' in this bag (it has: ")
     fails(drive, message="several GNSS topics")
+    fails(drive, "--gnss-topic", GNSS, "--gnss-tolerance", "-0.1", message="--gnss-tolerance must be >= 0 s")
     fails(tmp_path / "missing", message="no bag here")
     truncated = shutil.copytree(drive, tmp_path / "truncated")
     (data,) = truncated.glob("*.mcap")

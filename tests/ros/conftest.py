@@ -234,6 +234,27 @@ class NodeProcess:
 
 
 @pytest.fixture
+def start_process(ros_env: dict[str, str], tmp_path: Path,
+                  request: pytest.FixtureRequest) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory: ``start_process(argv, name, env=None, cwd=None)``: any command (``ros2 launch``,
+    ``launch_test``) as a :class:`NodeProcess` with :func:`ros_env` and ``env`` on top, output in
+    ``tmp_path/NAME.log``; stopped at teardown, its output's tail in the report of a failed test.
+    """
+    started: list[NodeProcess] = request.node.stash.setdefault(_NODES_KEY, [])
+
+    def start(argv: Sequence[str], name: str, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> NodeProcess:
+        full_env = {**ros_env, **(env or {})}
+        process = NodeProcess(name, [str(a) for a in argv], full_env, tmp_path / f"{name}.log", cwd=cwd or tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
 def start_node(ros_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., NodeProcess]]:
     """Factory: ``start_node(module, *ros_args, args=(), name=None, env=None, pythonpath=())``.
 
@@ -242,8 +263,7 @@ def start_node(ros_env: dict[str, str], tmp_path: Path, request: pytest.FixtureR
     PYTHONPATH (for node modules a test writes into tmp_path). Every node is stopped at
     teardown; when the test fails, the tail of each node's output is in the report.
     """
-    started: list[NodeProcess] = []
-    request.node.stash[_NODES_KEY] = started
+    started: list[NodeProcess] = request.node.stash.setdefault(_NODES_KEY, [])
     counter = itertools.count()
 
     def start(

@@ -101,15 +101,17 @@ def test_launch_file_names_only_things_that_exist(path):
     assert None not in declared | used, f"{path.name}: argument names must be string literals"
     assert used <= declared, f"{path.name} uses undeclared arguments {sorted(used - declared)}"
 
+    started = {first_string(node, "name") for node in nodes}  # with the nodes of the launch files it includes
+    for other in LAUNCH_FILES:
+        if other != path and other.name in ast.unparse(tree):
+            started |= {first_string(n, "name") for n in calls(ast.parse(other.read_text()), "Node")}
     yaml_names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                   and n.value.endswith((".yaml", ".yml"))}
     for name in yaml_names:  # installed from config/ into share/vgssl_ros/config (setup.py)
         params = REPO / "config" / name
         assert params.is_file(), f"{path.name} names {name}, which is not in config/"
-        files_nodes = ros_parameters(params)
-        for node in nodes:
-            node_name = first_string(node, "name")
-            assert node_name in files_nodes or "/**" in files_nodes, f"{name} has no section for node {node_name}"
+        files_nodes = set(ros_parameters(params))
+        assert files_nodes & started or "/**" in files_nodes, f"{name} has no section for a node of {sorted(started)}"
 
 
 def test_localize_launch_declares_the_documented_arguments():
@@ -141,9 +143,17 @@ def test_replay_launch_starts_the_live_replay_and_includes_the_localizer_launch(
     (include,) = calls(tree, "IncludeLaunchDescription")  # the localizer, started as localize.launch.py does
     assert "localize.launch.py" in ast.unparse(include) and (REPO / "launch" / "localize.launch.py").is_file()
     localize_args = declared_arguments(ast.parse((REPO / "launch" / "localize.launch.py").read_text()))
-    assert {"checkpoint", "database"} <= set(localize_args)  # arguments of this launch too (includes are unscoped)
-    forwarded = {n.value for n in ast.walk(keyword(include, "launch_arguments")) if isinstance(n, ast.Constant)}
-    assert forwarded and forwarded <= set(declared) & set(localize_args)
+    # launch fills an included file's arguments only from the include's launch_arguments: every
+    # required one must be there, as a pair (its name, a LaunchConfiguration declared here).
+    pairs = keyword(include, "launch_arguments")
+    assert isinstance(pairs, ast.List) and all(isinstance(p, ast.Tuple) and len(p.elts) == 2 for p in pairs.elts)
+    forwarded = {ast.literal_eval(name): first_string(value, "variable_name") for name, value in
+                 (p.elts for p in pairs.elts)}
+    required = {name for name, c in localize_args.items() if keyword(c, "default_value") is None}
+    assert {"checkpoint", "database"} <= required <= set(forwarded) <= set(localize_args)
+    assert set(forwarded.values()) <= set(declared)
+    assert keyword(declared["checkpoint"], "default_value") is None  # required here as well
+    assert keyword(declared["database"], "default_value") is None
     (node,) = calls(tree, "Node")
     assert first_string(node, "name") == bag_replay.NODE_NAME  # the key of config/bag_replay.yaml
     overrides = next(d for d in ast.walk(keyword(node, "parameters")) if isinstance(d, ast.Dict))

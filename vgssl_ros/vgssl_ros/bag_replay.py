@@ -48,6 +48,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from vgssl_core.rosbag.bags import COMPRESSED_IMAGE, IMAGE, IMAGE_TYPES, NAVSATFIX, BagReader, BagReadError, play
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError
+from vgssl_core.rosbag.gnss import GNSS_TOLERANCE_S
 from vgssl_ros.parameters import declare_read_only
 
 NODE_NAME = "bag_replay"
@@ -62,6 +63,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "image_topic": ("", "the bag's camera topic (Image or CompressedImage); empty: its only one"),
     # offline
     "gnss_topic": ("", "offline: the bag's NavSatFix ground truth; empty: its only NavSatFix topic"),
+    "gnss_tolerance_s": (GNSS_TOLERANCE_S, "offline: a frame this close before the first / after the last GNSS fix takes "
+                              "that fix; further out it is skipped (gnss_outside)"),
     "database": ("", "offline: map database folder built by 'vgssl build-db' with the checkpoint; required"),
     "checkpoint": ("", "offline: vgssl checkpoint (.ckpt) of the descriptor model; required"),
     "out": ("", "offline: folder for report.json, report.md, route.png, frames.npz; required"),
@@ -107,6 +110,7 @@ class BagReplayNode(Node):
               for n in required),
             (values["rate"] > 0, f"'rate' must be > 0, got {values['rate']}"),
             (values["every"] >= 1, f"'every' must be >= 1, got {values['every']}"),
+            (values["gnss_tolerance_s"] >= 0, f"'gnss_tolerance_s' must be >= 0, got {values['gnss_tolerance_s']}"),
             (values["top_k"] >= 1, f"'top_k' must be >= 1, got {values['top_k']}"),
             (values["cpu_threads"] >= 0, f"'cpu_threads' must be >= 0, got {values['cpu_threads']}"),
             (values["wait_for_subscribers"] >= 0,
@@ -158,7 +162,8 @@ class BagReplayNode(Node):
                          throttle_duration_sec=PROGRESS_PERIOD_S)
 
             result = run_replay(bag, localizer, image_topic=image_topic, gnss_topic=gnss_topic, every=p["every"],
-                                fusion=p["fusion"], stop=self.stop, on_frame=progress, progress=False)
+                                gnss_tolerance_s=p["gnss_tolerance_s"], fusion=p["fusion"], stop=self.stop,
+                                on_frame=progress, progress=False)
         try:
             write_report(result, out)
         except OSError as err:  # a full disk after the replay: say so in one line, not a traceback
@@ -299,6 +304,11 @@ def main(args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # Done, and the exit status decided: a signal from now on (launch stopping everything as
+        # the bag ends) must not kill the process with it. Python's finalization puts SIGINT back to
+        # its default action (death by signal, status -2) unless it is ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

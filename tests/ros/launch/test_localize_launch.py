@@ -1,18 +1,19 @@
-"""``ros2 launch vgssl_ros localize.launch.py`` for real, with launch_testing (ROS 2 installs only).
+"""``ros2 launch vgssl_ros localize.launch.py`` for real, with launch_testing.
 
-Run in a sourced ROS 2 workspace where vgssl_ros is built (colcon) and vgssl_core installed:
+Runs wherever the ROS 2 launch stack is installed: a sourced ROS 2 workspace where vgssl_ros is
+built (colcon) and vgssl_core installed, or the project's venv after ``make setup`` (which
+installs it from ../shared/ros2-launch; AMENT_PREFIX_PATH must name the venv):
 
-    launch_test tests/ros/launch/test_localize_launch.py      # or: pytest tests/ros/launch
+    AMENT_PREFIX_PATH=$PWD/.venv .venv/bin/launch_test tests/ros/launch/test_localize_launch.py
 
-It builds a tiny map (synthetic world, 2-step checkpoint, database), launches the installed
-launch file with it, publishes database images as the camera and expects NavSatFix and
-Localization messages with the image's stamp near the image's position, then checks that the
-node exited cleanly (status 0) when the launch shut down.
+``make test`` runs it that way (tests/ros/test_launch.py), in a ROS domain of its own; pytest does
+not collect this file itself (see conftest.py here).
 
-Where ``launch_testing`` cannot be imported (the project's venv: no launch packages on PyPI,
-see shared/ROS2.md) the module is skipped with that reason; tests/ros/test_launch_files.py
-checks the launch file statically and tests/ros/test_localizer.py starts the node with the
-exact arguments the launch file gives it.
+It builds a tiny map (synthetic world, 2-step checkpoint, database; or takes the ones named by
+VGSSL_LAUNCH_TEST_WORLD / _CKPT / _DB), launches the installed launch file with it, publishes
+database images as the camera and expects NavSatFix and Localization messages with the image's
+stamp near the image's position, then checks that the node exited cleanly (status 0) when the
+launch shut down.
 """
 
 from __future__ import annotations
@@ -24,40 +25,44 @@ import time
 import unittest
 from pathlib import Path
 
+import launch_testing
+import launch_testing.actions
+import launch_testing.asserts
+import numpy as np
 import pytest
+import rclpy
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, NavSatFix
 
-launch_testing = pytest.importorskip(
-    "launch_testing", reason="launch_testing is not installed (ROS 2 installs only; not on PyPI): "
-    "run this test in a sourced ROS 2 workspace"
-)
-pytest.importorskip("launch_ros", reason="launch_ros is not installed (ROS 2 installs only)")
-
-import launch_testing.actions  # noqa: E402
-import launch_testing.asserts  # noqa: E402
-import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, NavSatFix  # noqa: E402
-
-from vgssl_core.cli import main as vgssl_cli  # noqa: E402
-from vgssl_core.data.dataset import load_image, load_split  # noqa: E402
-from vgssl_core.localization.image_codec import encode_raw  # noqa: E402
-from vgssl_msgs.msg import Localization  # noqa: E402
-from vgssl_ros.ros_env import fastdds_profile_path, localhost_env  # noqa: E402
+from vgssl_core.cli import main as vgssl_cli
+from vgssl_core.data.dataset import load_image, load_split
+from vgssl_core.localization.image_codec import encode_raw
+from vgssl_msgs.msg import Localization
+from vgssl_ros.ros_env import fastdds_profile_path, localhost_env
 
 TOPIC = "camera/image_raw"
 TIMEOUT = 120.0  # s: model load on a robot's CPU
 RADIUS_M = 25.0
 
 
+def launch_test_domain() -> int:
+    """VGSSL_TEST_DOMAIN_ID (a domain the caller holds, as ``make test`` does), else one from the pid."""
+    given = os.environ.get("VGSSL_TEST_DOMAIN_ID")
+    return int(given) if given else 61 + os.getpid() % 39  # 61..99: above the hand-started 40..60
+
+
 def build_map(root: Path) -> tuple[Path, Path, Path]:
     """(checkpoint, database, world) of the tiny synthetic world, trained for 2 steps."""
     from vgssl_core.synth import generate_world
+
+    given = [os.environ.get(f"VGSSL_LAUNCH_TEST_{name}") for name in ("CKPT", "DB", "WORLD")]
+    if all(given):  # made already by the caller (make test's session fixtures)
+        return tuple(Path(g) for g in given)
 
     world = root / "world"
     generate_world(world, preset="tiny", seed=0, progress=False)
@@ -76,8 +81,7 @@ def generate_test_description():
     root = Path(tempfile.mkdtemp(prefix="vgssl_launch_test_"))
     # This process (the test's camera node) and the launched node: one domain of their own,
     # discovery on this host only, logs under root, the shipped Fast DDS profile.
-    domain = 61 + os.getpid() % 39  # 61..99: the test range, above the hand-started 40..60
-    os.environ.update(localhost_env(domain, root / "ros_log", fastdds_profile=fastdds_profile_path()))
+    os.environ.update(localhost_env(launch_test_domain(), root / "ros_log", fastdds_profile=fastdds_profile_path()))
     ckpt, db, world = build_map(root)
     launch_file = os.path.join(get_package_share_directory("vgssl_ros"), "launch", "localize.launch.py")
     localize = IncludeLaunchDescription(

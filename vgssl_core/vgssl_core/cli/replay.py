@@ -14,6 +14,7 @@ from pathlib import Path
 from vgssl_core.cli.common import add_common, finish, format_recall, parse_floats, parse_ns, registrar
 from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
 from vgssl_core.errors import VgsslError
+from vgssl_core.rosbag.gnss import GNSS_TOLERANCE_S
 COMMANDS: list = []
 command = registrar(COMMANDS)
 
@@ -34,6 +35,9 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--max-gap", type=float, default=1.0, metavar="S",
                    help="GNSS fixes around a frame may be at most this far apart (default 1 s)")
+    p.add_argument("--gnss-tolerance", type=float, default=GNSS_TOLERANCE_S, metavar="S",
+                   help="a frame this close before the first / after the last GNSS fix takes that fix "
+                        "(default 0.2 s); further out it is skipped as gnss_outside")
     p.add_argument("--threshold", type=float, default=EVAL_RADIUS_M, help="metres for a correct match (default 25)")
     p.add_argument("--thresholds", default="5,10,15,25,50,100", help="also report recall at these distances (m)")
     p.add_argument("--recall-n", default="1,5,10,20", help="comma-separated N values")
@@ -59,6 +63,8 @@ def run_replay_command(args: argparse.Namespace) -> int:
         raise VgsslError(f"--threshold must be > 0 m, got {args.threshold}")
     if args.top_k < 1:
         raise VgsslError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.gnss_tolerance >= 0:  # before the model loads (Replay checks it again)
+        raise VgsslError(f"--gnss-tolerance must be >= 0 s, got {args.gnss_tolerance}")
     if args.max_frames is not None and args.max_frames < 1:
         raise VgsslError(f"--max-frames must be >= 1, got {args.max_frames}")
     params = None
@@ -78,7 +84,8 @@ def run_replay_command(args: argparse.Namespace) -> int:
         print(f"model: {localizer.model_note}; database: {localizer.database.path} "
               f"({len(localizer.database)} places){forced}")
         result = run_replay(bag, localizer, image_topic=image_topic, gnss_topic=gnss_topic, every=args.every,
-                            max_gap_s=args.max_gap, fusion=args.fusion, fusion_params=params, ns=ns,
+                            max_gap_s=args.max_gap, gnss_tolerance_s=args.gnss_tolerance,
+                            fusion=args.fusion, fusion_params=params, ns=ns,
                             threshold_m=args.threshold, thresholds=thresholds, max_frames=args.max_frames,
                             progress=not args.quiet)
     write_report(result, out, save_descriptors=args.save_descriptors)

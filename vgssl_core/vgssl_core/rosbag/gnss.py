@@ -12,7 +12,10 @@ Recorded GNSS is messy, and a replay's ground truth is only as good as this modu
   edge thus stays in one metric frame instead of jumping by hundreds of kilometres.
 * **Interpolation is linear in UTM** between the two fixes around a stamp, and only when they are
   at most ``max_gap_s`` apart; a stamp exactly on a fix takes it. Stamps in a longer gap
-  (``"gnss_gap"``) or before the first / after the last fix (``"gnss_outside"``) get no position.
+  (``"gnss_gap"``) get no position.
+* **The ends of a drive**: a stamp before the first / after the last fix takes that fix when it is
+  at most ``end_tolerance_s`` away (a 2 Hz receiver's last fix is often just before the last
+  image, and that frame is real ground truth); further out it is ``"gnss_outside"``.
 
     track = GnssTrack.from_fixes(bag.gnss_fixes("/gnss/fix"))
     utm, reasons = track.interpolate(image_stamps_ns, max_gap_s=1.0)   # NaN rows where reasons[i]
@@ -30,6 +33,9 @@ from vgssl_core.rosbag.bags import GnssFix
 from vgssl_core.errors import VgsslError
 
 MAX_GAP_S = 1.0  # default: GNSS fixes around an image stamp may be at most this far apart [s]
+# default: a frame this close before the first / after the last fix takes that fix (a bag from
+# another recorder often ends with an image just after a 2 Hz receiver's last fix) [s]
+GNSS_TOLERANCE_S = 0.2
 
 GAP = "gnss_gap"  # the fixes around the stamp are more than max_gap_s apart
 OUTSIDE = "gnss_outside"  # before the first or after the last usable fix
@@ -99,11 +105,16 @@ class GnssTrack:
     def zone_label(self) -> str:
         return f"{self.zone}{self.letter}" if self.zone is not None else "-"
 
-    def interpolate(self, stamps_ns: np.ndarray | Iterable[int],
-                    max_gap_s: float) -> tuple[np.ndarray, list[str | None]]:
-        """((K, 2) UTM at each stamp, NaN where there is none; K reasons, None where there is one)."""
+    def interpolate(self, stamps_ns: np.ndarray | Iterable[int], max_gap_s: float,
+                    end_tolerance_s: float = 0.0) -> tuple[np.ndarray, list[str | None]]:
+        """((K, 2) UTM at each stamp, NaN where there is none; K reasons, None where there is one).
+
+        ``end_tolerance_s``: a stamp this close before the first / after the last fix takes that fix.
+        """
         if not max_gap_s > 0:
             raise VgsslError(f"the GNSS max gap must be > 0 s, got {max_gap_s}")
+        if not end_tolerance_s >= 0:
+            raise VgsslError(f"the GNSS end tolerance must be >= 0 s, got {end_tolerance_s}")
         stamps = stamps_ns if isinstance(stamps_ns, np.ndarray) else list(stamps_ns)
         t = np.asarray(stamps, dtype=np.int64).reshape(-1)
         out = np.full((len(t), 2), np.nan)
@@ -122,16 +133,22 @@ class GnssTrack:
         pos = self.utm[i0] + w * (self.utm[i1] - self.utm[i0])
         rows = np.flatnonzero(inside)
         out[rows[ok]] = pos[ok]
+        tolerance_ns = end_tolerance_s * 1e9
+        near_first = (hi == 0) & ~exact & (ts[0] - t <= tolerance_ns)
+        near_last = (hi == len(ts)) & (t - ts[-1] <= tolerance_ns)
+        out[near_first] = self.utm[0]
+        out[near_last] = self.utm[-1]
         reasons: list[str | None] = [None] * len(t)
-        for r in np.flatnonzero(~exact & ~inside):
+        for r in np.flatnonzero(~exact & ~inside & ~near_first & ~near_last):
             reasons[r] = OUTSIDE
         for r in rows[~ok]:
             reasons[r] = GAP
         return out, reasons
 
-    def at(self, stamp_ns: int, max_gap_s: float) -> tuple[np.ndarray | None, str | None]:
-        """(easting, northing) at one stamp, or (None, reason)."""
-        utm, reasons = self.interpolate(np.array([stamp_ns], dtype=np.int64), max_gap_s)
+    def at(self, stamp_ns: int, max_gap_s: float,
+           end_tolerance_s: float = 0.0) -> tuple[np.ndarray | None, str | None]:
+        """(easting, northing) at one stamp, or (None, reason); see :meth:`interpolate`."""
+        utm, reasons = self.interpolate(np.array([stamp_ns], dtype=np.int64), max_gap_s, end_tolerance_s)
         return (None, reasons[0]) if reasons[0] else (utm[0], None)
 
     def summary(self) -> dict:

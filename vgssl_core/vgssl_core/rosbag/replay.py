@@ -51,7 +51,7 @@ from vgssl_core.rosbag.report import pad_rows, percentiles
 from vgssl_core.localization.fusion import FusedEstimate, FusionParams, PlaceFilter
 from vgssl_core.localization.session import LocalizationSession
 from vgssl_core.data.geo import EVAL_RADIUS_M
-from vgssl_core.rosbag.gnss import MAX_GAP_S, GnssTrack
+from vgssl_core.rosbag.gnss import GNSS_TOLERANCE_S, MAX_GAP_S, GnssTrack
 from vgssl_core.localization.localizer import LocalizationResult, Localizer
 from vgssl_core.evaluation.recall import DEFAULT_NS, ground_truth, recall_at_n
 
@@ -111,13 +111,17 @@ class Replay:
 
     def __init__(self, bag: str | Path | BagReader, localizer: Localizer, *, image_topic: str | None = None,
                  gnss_topic: str | None = None, every: int = 1, max_gap_s: float = MAX_GAP_S,
-                 fusion: str = "bayes", fusion_params: FusionParams | None = None, ns: Sequence[int] = DEFAULT_NS,
+                 gnss_tolerance_s: float = GNSS_TOLERANCE_S, fusion: str = "bayes",
+                 fusion_params: FusionParams | None = None, ns: Sequence[int] = DEFAULT_NS,
                  threshold_m: float = EVAL_RADIUS_M, thresholds: Sequence[float] = PLOT_THRESHOLDS_M,
                  max_frames: int | None = None) -> None:
         if every < 1:
             raise VgsslError(f"--every must be >= 1, got {every}")
         if not max_gap_s > 0:
             raise VgsslError(f"--max-gap must be > 0 s, got {max_gap_s}")
+        if not gnss_tolerance_s >= 0:
+            raise VgsslError(f"--gnss-tolerance must be >= 0 s, got {gnss_tolerance_s}")
+        self.gnss_tolerance_s = float(gnss_tolerance_s)
         self.ns = tuple(sorted({int(n) for n in ns}))
         if not self.ns or self.ns[0] < 1:
             raise VgsslError("recall N values must be >= 1")
@@ -180,7 +184,7 @@ class Replay:
             yield self._process(frame)
 
     def _process(self, frame) -> FrameResult:
-        gt, reason = self.track.at(frame.stamp_ns, self.max_gap_s)
+        gt, reason = self.track.at(frame.stamp_ns, self.max_gap_s, self.gnss_tolerance_s)
         if frame.error is not None:
             return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, frame.error_kind, None, None,
                                frame.decode_s, error=frame.error)
@@ -222,6 +226,7 @@ class Replay:
             "n_skipped": int(sum(skipped.values())), "skipped": dict(sorted(skipped.items())),
             "errors": [f"{n} x {e}" for e, n in errors.most_common(5)],
             "gnss": self.track.summary(), "max_gap_s": self.max_gap_s,
+            "gnss_tolerance_s": self.gnss_tolerance_s,
             "threshold_m": self.threshold_m, "recall": None, "recall_by_threshold": None,
             "error_m": None, "latency_ms": None,
             "seconds": round(seconds, 3), "frames_per_s": round(len(frames) / seconds, 2) if seconds > 0 else None,
@@ -281,7 +286,8 @@ class ReplayResult:
 
 
 def run_replay(bag: str | Path | BagReader, localizer: Localizer, *, image_topic: str | None = None,
-               gnss_topic: str | None = None, every: int = 1, max_gap_s: float = MAX_GAP_S, fusion: str = "bayes",
+               gnss_topic: str | None = None, every: int = 1, max_gap_s: float = MAX_GAP_S,
+               gnss_tolerance_s: float = GNSS_TOLERANCE_S, fusion: str = "bayes",
                fusion_params: FusionParams | None = None, ns: Sequence[int] = DEFAULT_NS,
                threshold_m: float = EVAL_RADIUS_M, thresholds: Sequence[float] = PLOT_THRESHOLDS_M,
                max_frames: int | None = None, stop: Any = None,
@@ -295,8 +301,8 @@ def run_replay(bag: str | Path | BagReader, localizer: Localizer, *, image_topic
     ``report["complete"]`` is false. Raises ``VgsslError`` for unusable input before the first frame.
     """
     replay = Replay(bag, localizer, image_topic=image_topic, gnss_topic=gnss_topic, every=every, max_gap_s=max_gap_s,
-                    fusion=fusion, fusion_params=fusion_params, ns=ns, threshold_m=threshold_m,
-                    thresholds=thresholds, max_frames=max_frames)
+                    gnss_tolerance_s=gnss_tolerance_s, fusion=fusion, fusion_params=fusion_params, ns=ns,
+                    threshold_m=threshold_m, thresholds=thresholds, max_frames=max_frames)
     frames: list[FrameResult] = []
     interrupted, stopped = False, None
     correct = evaluated = 0
