@@ -18,13 +18,24 @@ class ConfigError(VgsslError, ValueError):
 
 # The default: an untrained descriptor (ResNet-18 conv4 + GeM, no projection head).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    "backbone": "resnet18",  # resnet18 | resnet50 | deit_s
+    "backbone": "resnet18",  # resnet18 | resnet50 | deit_s | deit_s_distilled
     "layer": "conv4",  # conv4 | conv5 (ResNets only; ignored for deit_s)
-    "aggregation": "gem",  # gem | mac | netvlad
+    "aggregation": "gem",  # gem | mac | netvlad | distilled (deit_s_distilled's class + distillation tokens)
     "netvlad_clusters": 64,  # K of NetVLAD
     "head_layers": 0,  # L of FC-L-D (0: no projection head)
     "head_dim": 2048,  # D of FC-L-D (every hidden and output width)
     "head_batchnorm": False,  # BatchNorm1d + ReLU between head layers (else ReLU only)
+    # Biases of the head's Linear layers. The VG-SSL reference has none on a Linear followed by
+    # BatchNorm (the BN shift makes it redundant) and none on the last layer for Barlow Twins and
+    # VICReg (model/network.py:324-368); the methods set ``head_final_bias`` accordingly.
+    "head_bias_before_bn": False,
+    "head_final_bias": True,
+    # The WACV descriptor layer: aggregation -> Linear(fc_dim) -> L2 (model/network.py:433-438);
+    # for aggregation "distilled" the two token heads' width. 0: no descriptor layer.
+    "fc_dim": 0,
+    # Which output is searched: the projection head's (true; arXiv version) or the descriptor
+    # layer's (false; the WACV runs' --eval_with_proj off: the head only feeds the loss).
+    "search_projection": True,
     # Frozen leading stages: ResNet stem, layer1, layer2, ... / DeiT embedding, block 0, ...
     # 3 = "train only conv4_x (and conv5_x)", the benchmark's and VG-SSL's setting.
     "freeze_stages": 3,
@@ -36,15 +47,16 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("resnet18", "resnet50", "deit_s"),
+    "backbone": ("resnet18", "resnet50", "deit_s", "deit_s_distilled"),
     "layer": ("conv4", "conv5"),
-    "aggregation": ("gem", "mac", "netvlad"),
+    "aggregation": ("gem", "mac", "netvlad", "distilled"),
     "pretrained": ("imagenet", "none"),
     "metric": ("ip", "l2"),
 }
 # int keys and their smallest allowed value
-INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0}
-BOOL_KEYS = ("head_batchnorm", "normalize_descriptor")
+INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0, "fc_dim": 0}
+BOOL_KEYS = ("head_batchnorm", "head_bias_before_bn", "head_final_bias", "search_projection", "normalize_descriptor")
+VIT_BACKBONES = ("deit_s", "deit_s_distilled")
 MIN_IMAGE_SIDE = 32  # conv5 of a ResNet downsamples by 32
 
 
@@ -93,11 +105,19 @@ def resolve_model_config(partial: dict | None) -> dict:
     if weights is not None and (not isinstance(weights, str) or not weights.strip()):
         raise ConfigError(f"model config 'weights' must be a file path or null, got {weights!r}")
 
+    if (cfg["aggregation"] == "distilled") != (cfg["backbone"] == "deit_s_distilled"):
+        raise ConfigError("model config: aggregation 'distilled' and backbone 'deit_s_distilled' go together "
+                          f"(got backbone {cfg['backbone']!r} with aggregation {cfg['aggregation']!r})")
+    if cfg["aggregation"] == "distilled" and cfg["fc_dim"] < 1:
+        raise ConfigError("model config 'fc_dim' must be >= 1 with aggregation 'distilled' (the token heads' width)")
+    if not cfg["search_projection"] and cfg["fc_dim"] < 1:
+        raise ConfigError("model config 'search_projection: false' searches the descriptor layer: set 'fc_dim' >= 1")
+
     most = freezable_stages(cfg["backbone"], cfg["layer"])
     if cfg["freeze_stages"] > most:
         raise ConfigError(
             f"model config 'freeze_stages' is {cfg['freeze_stages']}, but {cfg['backbone']}"
-            + ("" if cfg["backbone"] == "deit_s" else f" cut at {cfg['layer']}")
+            + ("" if cfg["backbone"] in VIT_BACKBONES else f" cut at {cfg['layer']}")
             + f" has {most} stages; choose 0..{most}"
         )
     return cfg

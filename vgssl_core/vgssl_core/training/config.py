@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "positive": "uniform",
         "batch_size": 32,
         "workers": 2,
-        "augment": {},  # see vgssl_core.data.transforms.DEFAULT_AUGMENT
+        "augment": {},  # a set's name or a mapping; see vgssl_core.data.transforms.AUGMENT_SETS
     },
     "mining": {  # the triplet baseline only (Berton et al., CVPR 2022)
         "mode": "partial",
@@ -168,14 +168,24 @@ def _float(value: Any, key: str) -> float:
         raise VgsslError(f"config key '{key}' must be a number, got {value!r}") from None
 
 
+def _augment_as_mapping(raw: dict[str, Any]) -> dict[str, Any]:
+    """``data.augment: reference`` -> ``{"name": "reference"}``, so overrides of single keys merge."""
+    from vgssl_core.data.transforms import augment_mapping
+
+    data = raw.get("data")
+    if isinstance(data, dict) and "augment" in data:
+        raw = {**raw, "data": {**data, "augment": augment_mapping(data["augment"])}}
+    return raw
+
+
 def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults <- preset <- overrides, validated; the method and model parts by their own resolvers."""
     from vgssl_core.methods import canonical_method_name, model_config_for_method, resolve_method_config
     from vgssl_core.data.transforms import resolve_augment_config
 
-    raw = dict(preset or {})
+    raw = _augment_as_mapping(dict(preset or {}))
     for text in overrides or []:
-        raw = _deep_update(raw, parse_override(text))
+        raw = _deep_update(raw, _augment_as_mapping(parse_override(text)))
     cfg = _merge(DEFAULTS, raw, "")
     cfg["method"] = canonical_method_name(cfg["method"])
     for section, key in (("optim", "lr"), ("optim", "weight_decay"), ("data", "db_negative_ratio"),
