@@ -13,9 +13,31 @@ from typing import Any
 import torch
 
 from vgssl_core.errors import VgsslError
+from vgssl_core.io import file_sha256
 from vgssl_core.models.checkpoint import descriptor_weights, read_checkpoint
 from vgssl_core.models.config import resolve_model_config
 from vgssl_core.models.network import build_model
+
+
+def describe_init(model_cfg: dict[str, Any], init_note: str = "") -> dict[str, Any]:
+    """Which initial weights a model built from ``model_cfg`` started from, for run records
+    (``summary.json``, ``test.json``, the ``vgssl table`` Init column).
+
+    ``{"kind": "random" | "imagenet" | "file", "source": path or None, "sha256": hex or None,
+    "note": the model's init_note}``. ImageNet weights are "imagenet" only when the cached file
+    was there (``find_imagenet_weights``, the lookup the model itself made); otherwise "random".
+    """
+    from vgssl_core.models.weights import find_imagenet_weights
+
+    path: Path | None = None
+    kind = "random"
+    if model_cfg.get("weights"):
+        kind, path = "file", Path(model_cfg["weights"])
+    elif model_cfg.get("pretrained") == "imagenet":
+        path = find_imagenet_weights(model_cfg["backbone"])
+        kind = "imagenet" if path is not None else "random"
+    return {"kind": kind, "source": None if path is None else str(path),
+            "sha256": None if path is None else file_sha256(path), "note": init_note}
 
 
 def load_descriptor_model(

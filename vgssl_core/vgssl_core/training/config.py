@@ -1,6 +1,6 @@
 """Training configs: a YAML preset, ``key=value`` overrides, and one schema of defaults.
 
-A strategy preset (package data: ``vgssl_core/presets/*.yaml``) names the paper's strategy (``simclr-fc-1-2048-1``)
+A strategy preset (package data: ``vgssl_core/presets/*.yaml``) names the paper's strategy (``arxiv-simclr-fc-1-2048-1``)
 and holds only what differs from the defaults below; every hyperparameter the reference code
 hard-codes lives here or in the method's defaults with the paper's value. The resolved config
 is plain data (str/int/float/bool/list/dict/None), so it can travel inside checkpoints that
@@ -127,6 +127,15 @@ def presets() -> dict[str, Path]:
     wheel, an editable install or a checkout alike)."""
     folder = importlib.resources.files("vgssl_core") / "presets"
     return {entry.name[:-len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def preset_headers() -> dict[str, str]:
+    """Shipped presets by name (sorted) -> the first line of their header comment."""
+    out = {}
+    for name, entry in sorted(presets().items()):
+        first = next((ln for ln in entry.read_text().splitlines() if ln.strip()), "")
+        out[name] = first.lstrip("#").strip() if first.lstrip().startswith("#") else ""
+    return out
 
 
 def resolve_preset(name: str | Path) -> Path:
