@@ -225,7 +225,7 @@ def test_distilled_deit_descriptor_averages_the_class_and_distillation_heads():
 
 # -- a few steps of each paper family on the tiny world ------------------------------------------
 
-TINY = ["--quiet", "--max-steps", "2", "model.image_size=[64,96]", "model.pretrained=none", "data.batch_size=4",
+TINY = ["--quiet", "--max-steps", "2", "model.image_size=[32,48]", "model.pretrained=none", "data.batch_size=4",
         "data.workers=0", "data.queries_per_epoch=8", "trainer.val_split=null", "trainer.eval_batch_size=16"]
 
 
