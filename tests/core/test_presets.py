@@ -244,3 +244,18 @@ def test_each_paper_family_trains_a_few_steps(tiny_world, tmp_path, preset, extr
         test = json.loads((out / "test.json").read_text())
         assert test["init"] == summary["init"]
         assert test["descriptor_dim"] == 256  # the distilled heads' output is searched, not the 4096-d projector
+
+
+def test_a_checkpoint_from_before_the_head_bias_keys_still_loads(tmp_path):
+    from vgssl_core.models.loading import load_descriptor_model
+
+    old_cfg = {"backbone": "resnet18", "pretrained": "none", "image_size": [32, 32], "head_layers": 2,
+               "head_dim": 16, "head_batchnorm": True, "head_bias_before_bn": True}
+    model = build_model(old_cfg)
+    stored = {k: v for k, v in model.config.items() if k not in ("head_bias_before_bn", "head_final_bias",
+                                                                   "fc_dim", "search_projection")}
+    torch.save({"vgssl": {"format": 1, "model_config": stored, "model_prefix": ""},
+                "state_dict": model.state_dict()}, tmp_path / "old.ckpt")
+    loaded, cfg, _ = load_descriptor_model(tmp_path / "old.ckpt")
+    assert cfg["head_bias_before_bn"] is True
+    assert torch.equal(loaded.head.layers[0].bias, model.head.layers[0].bias)
