@@ -115,7 +115,7 @@ def test_default_configs_are_plain_and_survive_a_weights_only_checkpoint():
     torch.save(configs, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == configs
-    assert configs["mocov2"]["temperature"] == 0.07 and configs["barlow_twins"]["lambda_param"] == 5e-3
+    assert configs["mocov2"]["temperature"] == 0.07 and configs["barlow_twins"]["lambda_param"] == 0.0051
     assert (configs["vicreg"]["lambda_param"], configs["vicreg"]["mu_param"], configs["vicreg"]["nu_param"]) == (25.0, 25.0, 1.0)
     assert configs["triplet"]["margin"] == 0.1
 
@@ -296,8 +296,7 @@ def test_vicreg_loss_depends_on_embedding_scale():
     before = method.loss_pairs(a, b, ids).item()
     with torch.no_grad():
         last = method.model.head.layers[-1]
-        last.weight.mul_(10.0)
-        last.bias.mul_(10.0)
+        last.weight.mul_(10.0)  # the reference's VICReg head has no final bias
     assert method.loss_pairs(a, b, ids).item() != pytest.approx(before, rel=1e-3)
 
 

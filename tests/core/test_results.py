@@ -14,13 +14,14 @@ from vgssl_core.training.results import build_table, collect_runs, run_grid, to_
 
 
 def make_run(folder, method, *, name=None, r1=50.0, r5=70.0, r10=80.0, seed=0, data="/data/world-demo-0",
-             mining="partial", attention=None):
+             mining="partial", attention=None, init=None):
     """A finished run folder as `vgssl train` leaves it (only the files the table reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"name": name or method, "method": method, "trainer": {"seed": seed}, "mining": {"mode": mining}}
     (folder / "config.json").write_text(json.dumps(cfg))
     (folder / "test.json").write_text(json.dumps({"recall": {"1": r1, "5": r5, "10": r10, "20": 90.0},
-                                                  "data": data, "split": "test"}))
+                                                  "data": data, "split": "test",
+                                                  **({"init": init} if init else {})}))
     if attention is not None:
         (folder / "attention.json").write_text(json.dumps(attention))
     return folder
@@ -45,10 +46,10 @@ def test_best_is_bold_and_second_underlined_per_column(tmp_path):
     make_run(tmp_path / "c", "vicreg", r1=40.0, r5=80.0)
     md = to_markdown(build_table(collect_runs([tmp_path])))
     simclr, byol, vicreg = (row_cells(md, m) for m in ("SimCLR", "BYOL", "VICReg"))
-    # columns: method, strategy, category, seeds, R@1, R@5, R@10
-    assert simclr[4] == "**60.0**" and byol[4] == "<u>55.0</u>" and vicreg[4] == "40.0"
-    assert byol[5] == "**90.0**" and vicreg[5] == "<u>80.0</u>" and simclr[5] == "70.0"
-    assert all(row[6] == "**80.0**" for row in (simclr, byol, vicreg))  # a three-way tie: all best, none second
+    # columns: method, strategy, category, init, seeds, R@1, R@5, R@10
+    assert simclr[5] == "**60.0**" and byol[5] == "<u>55.0</u>" and vicreg[5] == "40.0"
+    assert byol[6] == "**90.0**" and vicreg[6] == "<u>80.0</u>" and simclr[6] == "70.0"
+    assert all(row[7] == "**80.0**" for row in (simclr, byol, vicreg))  # a three-way tie: all best, none second
 
 
 def test_rows_follow_the_papers_categories(tmp_path):
@@ -70,8 +71,8 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
     assert simclr.seeds == 2 and simclr.mean("world-demo-0|R@1") == 45.0
     assert simclr.std("world-demo-0|R@1") == pytest.approx(7.0711, abs=1e-4)
     md = to_markdown(table)
-    assert row_cells(md, "SimCLR")[4] == "**45.0 ± 7.1**"
-    assert row_cells(md, "Triplet (full mining)")[4] == "<u>44.0</u>"
+    assert row_cells(md, "SimCLR")[5] == "**45.0 ± 7.1**"
+    assert row_cells(md, "Triplet (full mining)")[5] == "<u>44.0</u>"
     rows = list(csv.DictReader(io.StringIO(to_csv(table))))
     assert rows[0]["method"] == "SimCLR" and rows[0]["seeds"] == "2"
     assert float(rows[0]["world-demo-0 R@1 mean"]) == 45.0 and float(rows[0]["world-demo-0 R@1 std"]) > 7
@@ -89,9 +90,9 @@ def test_datasets_are_column_groups_and_geo_relevance_a_column(tmp_path):
     assert headers == ["world-demo-0 R@1", "world-demo-0 R@5", "world-demo-0 R@10", "world-demo-0 geo %",
                        "world-demo-0 geo lift", "pitts30k R@1", "pitts30k R@5", "pitts30k R@10"]
     md = to_markdown(table)
-    assert row_cells(md, "SimCLR")[7:9] == ["**60.0**", "**1.50**"]
-    assert row_cells(md, "BYOL")[7:9] == ["<u>40.0</u>", "<u>1.10</u>"]
-    assert row_cells(md, "BYOL")[9] == "–"  # BYOL never ran on pitts30k
+    assert row_cells(md, "SimCLR")[8:10] == ["**60.0**", "**1.50**"]
+    assert row_cells(md, "BYOL")[8:10] == ["<u>40.0</u>", "<u>1.10</u>"]
+    assert row_cells(md, "BYOL")[10] == "–"  # BYOL never ran on pitts30k
 
 
 def test_collect_runs_errors_are_one_line(tmp_path, capsys):
@@ -113,7 +114,7 @@ def test_table_cli_writes_markdown_csv_and_json(tmp_path, capsys):
     out, report = tmp_path / "table", tmp_path / "table.json"
     assert run_cli("table", "--runs", tmp_path / "runs", "--out", out, "--json", report) == 0
     printed = capsys.readouterr().out
-    assert "| SimCLR | simclr | contrastive | 1 | **60.0** |" in printed
+    assert "| SimCLR | simclr | contrastive | unrecorded | 1 | **60.0** |" in printed
     assert (out / "table.md").read_text() in printed and (out / "table.csv").is_file()
     payload = json.loads(report.read_text())
     assert [r["method"] for r in payload["rows"]] == ["SimCLR", "MoCo v2"]
@@ -146,8 +147,8 @@ def test_the_transient_share_is_a_column_where_the_lowest_is_best(tmp_path):
     assert [c.metric for c in table.columns] == ["R@1", "R@5", "R@10", "geo %", "geo lift", "transient %"]
     md = to_markdown(table)
     assert "transient % = share on vehicles and pedestrians (lower is better)" in md
-    assert row_cells(md, "SimCLR")[9] == "**2.0**" and row_cells(md, "Triplet (partial mining)")[9] == "<u>5.0</u>"
-    assert row_cells(md, "BYOL")[9] == "10.0"
+    assert row_cells(md, "SimCLR")[10] == "**2.0**" and row_cells(md, "Triplet (partial mining)")[10] == "<u>5.0</u>"
+    assert row_cells(md, "BYOL")[10] == "10.0"
     assert list(csv.DictReader(io.StringIO(to_csv(table))))[0]["world-demo-0 transient % mean"] == "2.0000"
 
 
@@ -267,7 +268,7 @@ def test_table_cli_runs_the_grid_with_overrides_anywhere(tmp_path, fake_train, c
     assert len(fake_train) == 4
     cfg = json.loads((tmp_path / "grid" / "runs" / "w2" / "demo-vicreg" / "seed1" / "config.json").read_text())
     assert cfg["optim"]["lr"] == 0.01 and cfg["trainer"]["seed"] == 1
-    assert "| VICReg | demo-vicreg | information maximization | 2 | 42.5 ± 3.5 |" in capsys.readouterr().out
+    assert "| VICReg | demo-vicreg | information maximization | unrecorded | 2 | 42.5 ± 3.5 |" in capsys.readouterr().out
     assert run_cli(*args) == 0 and len(fake_train) == 4
     assert run_cli("table", "--configs", "no-such-preset", "--out", tmp_path / "x", "--data", tmp_path / "w1") == 2
     assert "strategy preset 'no-such-preset' not found" in capsys.readouterr().err
@@ -283,3 +284,22 @@ def test_grid_checks_every_dataset_before_the_first_training(tmp_path, fake_trai
     assert run_cli(*args, "--data", tmp_path / "w1", tmp_path / "w2") == 2
     assert "w2: split 'val' is missing (no images/val/); this dataset has: train" in capsys.readouterr().err
     assert fake_train == []
+
+
+def test_init_column_and_a_warning_when_rows_start_from_different_weights(tmp_path):
+    make_run(tmp_path / "a", "simclr", init={"init": "imagenet", "source": "/c/r50.pth", "sha256": "ab" * 32})
+    make_run(tmp_path / "b", "byol", init={"init": "random"})
+    make_run(tmp_path / "c", "vicreg", init={"init": "file", "source": "path", "file": "/w.pth", "sha256": "0123456789" * 6 + "abcd"})
+    make_run(tmp_path / "d", "barlow_twins")  # a run from before initialisations were recorded
+    md = to_markdown(build_table(collect_runs([tmp_path])))
+    assert [row_cells(md, m)[3] for m in ("SimCLR", "BYOL", "VICReg", "BT")] == [
+        "imagenet", "random", "file 01234567", "unrecorded"]
+    assert "start from different initial weights" in md.splitlines()[0]
+    rows = list(csv.DictReader(io.StringIO(to_csv(build_table(collect_runs([tmp_path]))))))
+    assert rows[0]["init"] == "imagenet"
+
+
+def test_one_initialisation_for_all_rows_gives_no_warning(tmp_path):
+    for i, method in enumerate(["simclr", "byol"]):
+        make_run(tmp_path / method, method, init={"init": "random"})
+    assert "different initial weights" not in to_markdown(build_table(collect_runs([tmp_path])))

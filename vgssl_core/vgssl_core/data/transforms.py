@@ -2,9 +2,18 @@
 
 The evaluation transform is the single path from pixels to model input used by ``vgssl eval``,
 ``vgssl build-db``, the localizer node and the bag replay, so a descriptor computed anywhere is
-the descriptor the database was built with. The training augmentations follow the VG-SSL
-reference (colour jitter, random resized crop with scale (1 - s, 1), perspective, rotation,
-horizontal flip), every strength a config value.
+the descriptor the database was built with.
+
+Training augmentations are named sets (``data.augment: reference``, or a mapping with ``name``
+and any key below to change one strength):
+
+* ``reference``: what the VG-SSL authors' final runs use: RandomResizedCrop scale (0.75, 1) per
+  view and one horizontal-flip decision for the whole batch (``--random_resized_crop 0.25
+  --horizontal_flip``; ``model/network.py:586-587``). The batch flip happens where batches are
+  assembled (``VgsslModule.training_step``), from (seed, step) alone.
+* ``strong``: colour jitter, RandomResizedCrop (0.6, 1), perspective, rotation and a flip per
+  view: vgssl's earlier default, kept for comparison (the demo presets use it).
+* ``none``: resize only (the authors' parser default: every augmentation flag off).
 """
 
 from __future__ import annotations
@@ -22,18 +31,27 @@ from vgssl_core.options import fill_defaults
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-DEFAULT_AUGMENT: dict[str, Any] = {
+_STRONG: dict[str, Any] = {
     "brightness": 0.4,
     "contrast": 0.4,
     "saturation": 0.4,
     "hue": 0.1,
-    "crop_scale": 0.4,  # s: RandomResizedCrop samples area in (1 - s, 1)
+    "crop_scale": 0.4,  # s: RandomResizedCrop samples area in (1 - s, 1); 0: plain resize
     "perspective": 0.2,  # distortion scale; 0 disables
     "perspective_p": 0.5,
     "rotation_deg": 10.0,
-    "hflip_p": 0.5,
+    "hflip_p": 0.5,  # per view
+    "batch_hflip_p": 0.0,  # one decision for the whole batch (applied in the training step)
     "augment_positive": False,  # the reference leaves database positives un-augmented
 }
+_NONE: dict[str, Any] = {**{k: 0.0 for k in _STRONG if k != "augment_positive"}, "augment_positive": False}
+AUGMENT_SETS: dict[str, dict[str, Any]] = {
+    "reference": {**_NONE, "crop_scale": 0.25, "batch_hflip_p": 0.5},
+    "strong": _STRONG,
+    "none": _NONE,
+}
+DEFAULT_AUGMENT_NAME = "reference"
+DEFAULT_AUGMENT: dict[str, Any] = {"name": DEFAULT_AUGMENT_NAME, **AUGMENT_SETS[DEFAULT_AUGMENT_NAME]}
 
 
 def _normalise() -> list:
@@ -50,12 +68,29 @@ def eval_transform(image_size: tuple[int, int] | list[int]) -> T.Compose:
     return T.Compose([T.ToImage(), T.Resize((h, w), antialias=True), *_normalise()])
 
 
-def resolve_augment_config(partial: dict | None) -> dict[str, Any]:
-    cfg = fill_defaults(partial, DEFAULT_AUGMENT, "augmentation")
-    for key, default in DEFAULT_AUGMENT.items():
-        cfg[key] = type(default)(cfg[key])
+def augment_mapping(value: Any) -> Any:
+    """``data.augment`` as written (a set's name, or a mapping) -> a mapping; other values pass."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+def resolve_augment_config(partial: dict | str | None) -> dict[str, Any]:
+    """The named set (``name``, default ``reference``) with the mapping's other keys on top."""
+    partial = dict(augment_mapping(partial) or {})
+    name = partial.pop("name", DEFAULT_AUGMENT_NAME)
+    if name not in AUGMENT_SETS:
+        raise VgsslError(f"unknown augmentation '{name}'; choose one of {', '.join(AUGMENT_SETS)}")
+    base = AUGMENT_SETS[name]
+    cfg = {"name": name, **fill_defaults(partial, base, "augmentation")}
+    for key, default in base.items():
+        try:
+            cfg[key] = bool(cfg[key]) if isinstance(default, bool) else float(cfg[key])
+        except (TypeError, ValueError):
+            raise VgsslError(f"augment.{key} must be a number, got {cfg[key]!r}") from None
     if not 0.0 <= cfg["crop_scale"] < 1.0:
         raise VgsslError(f"augment.crop_scale must be in [0, 1), got {cfg['crop_scale']}")
+    for key in ("perspective_p", "hflip_p", "batch_hflip_p"):
+        if not 0.0 <= cfg[key] <= 1.0:
+            raise VgsslError(f"augment.{key} is a probability in [0, 1], got {cfg[key]}")
     return cfg
 
 
@@ -63,7 +98,9 @@ def train_transform(image_size: tuple[int, int] | list[int], augment: dict | Non
     """Augmented view for SSL training, at the evaluation resolution."""
     cfg = resolve_augment_config(augment)
     h, w = int(image_size[0]), int(image_size[1])
-    steps: list = [T.ToImage(), T.RandomResizedCrop((h, w), scale=(1.0 - cfg["crop_scale"], 1.0), antialias=True)]
+    crop = (T.RandomResizedCrop((h, w), scale=(1.0 - cfg["crop_scale"], 1.0), antialias=True) if cfg["crop_scale"] > 0
+            else T.Resize((h, w), antialias=True))
+    steps: list = [T.ToImage(), crop]
     if cfg["perspective"] > 0:
         steps.append(T.RandomPerspective(cfg["perspective"], p=cfg["perspective_p"]))
     if cfg["rotation_deg"] > 0:

@@ -62,11 +62,12 @@ def resolve_method_config(name: str, partial: dict | None) -> dict[str, Any]:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
         elif isinstance(default, int) or default is None:  # None defaults are optional integers
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (default is None and value is None)
+            nullable = default is None or k in METHODS[key].nullable_keys
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or (nullable and value is None)
         else:
             ok = isinstance(value, type(default))
         if not ok:
-            kind = "an integer or null" if default is None else type(default).__name__.replace("bool", "true/false")
+            kind = "an integer or null" if default is None or k in METHODS[key].nullable_keys else type(default).__name__.replace("bool", "true/false")
             raise ConfigError(f"{key} config '{k}' must be {kind}, got {value!r}")
         cfg[k] = value
     return cfg

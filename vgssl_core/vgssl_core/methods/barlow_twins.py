@@ -15,7 +15,8 @@ class BarlowTwins(Method):
     Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
     ICML 2021, https://arxiv.org/abs/2103.03230; on GeoPairs as in VG-SSL (WACV 2025). The loss
     is lightly's ``BarlowTwinsLoss`` on the UNnormalised projected embeddings (it standardises
-    each dimension over the batch itself). lambda = 5e-3 (the paper). Head: FC-2-4096 with BN.
+    each dimension over the batch itself). lambda = 0.0051 (the VG-SSL reference and the Barlow Twins code). Head: FC-2-4096 with BN,
+    no bias on the last layer (the reference).
 
     Examples:
         >>> method = BarlowTwins(build_model({"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}))
@@ -24,10 +25,10 @@ class BarlowTwins(Method):
     """
 
     name = "barlow_twins"
-    default_config = {"lambda_param": 5e-3, "gather_distributed": False}
-    model_defaults = {"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}
+    default_config = {"lambda_param": 0.0051, "gather_distributed": False}
+    model_defaults = {"head_layers": 2, "head_dim": 4096, "head_batchnorm": True, "head_final_bias": False}
 
-    def __init__(self, model: DescriptorModel, lambda_param: float = 5e-3, gather_distributed: bool = False):
+    def __init__(self, model: DescriptorModel, lambda_param: float = 0.0051, gather_distributed: bool = False):
         super().__init__(model)
         check(lambda_param >= 0, f"barlow_twins: lambda_param must be >= 0, got {lambda_param}")
         self.config = {"lambda_param": float(lambda_param), "gather_distributed": bool(gather_distributed)}

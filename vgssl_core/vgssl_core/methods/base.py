@@ -44,6 +44,7 @@ class Method(nn.Module):
     batch_kind: ClassVar[str] = "pairs"  # "pairs" -> loss_pairs, "triplets" -> loss_triplets
     default_config: ClassVar[dict[str, Any]] = {}
     model_defaults: ClassVar[dict[str, Any]] = {}
+    nullable_keys: ClassVar[tuple[str, ...]] = ()  # integer hyperparameters that may also be null
 
     def __init__(self, model: DescriptorModel):
         super().__init__()

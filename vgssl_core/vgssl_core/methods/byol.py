@@ -20,8 +20,9 @@ class BYOL(MomentumMethod):
     prediction of one view and the target projection of the other. The target is the momentum
     copy of the whole descriptor network, head included (see ``MomentumMethod``). Defaults of
     the VG-SSL reference code: momentum 0.99, constant ("cosine" goes to ``momentum_end`` = 1 as
-    in the BYOL paper); predictor Linear(D, H)-BN-ReLU-Linear(H, D) with H = D unless
-    ``predictor_hidden_dim`` is set. Head: FC-2-2048 with BN.
+    in the BYOL paper); predictor Linear(D, H)-BN-ReLU-Linear(H, D) with H = 4096 (the reference,
+    ``model/byol/byol_pytorch.py:164``; ``predictor_hidden_dim: null`` makes H = D). Head:
+    FC-2-2048 with BN.
 
     Examples:
         >>> method = BYOL(build_model({"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}))
@@ -30,15 +31,16 @@ class BYOL(MomentumMethod):
     """
 
     name = "byol"
-    default_config = {"momentum": 0.99, "momentum_end": 1.0, "momentum_schedule": "constant", "predictor_hidden_dim": None}
+    default_config = {"momentum": 0.99, "momentum_end": 1.0, "momentum_schedule": "constant", "predictor_hidden_dim": 4096}
+    nullable_keys = ("predictor_hidden_dim",)
     model_defaults = {"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}
 
     def __init__(self, model: DescriptorModel, momentum: float = 0.99, momentum_end: float = 1.0,
-                 momentum_schedule: str = "constant", predictor_hidden_dim: int | None = None):
+                 momentum_schedule: str = "constant", predictor_hidden_dim: int | None = 4096):
         super().__init__(model, momentum, momentum_end, momentum_schedule)
         check(predictor_hidden_dim is None or predictor_hidden_dim >= 1,
               f"byol: predictor_hidden_dim must be >= 1 or null, got {predictor_hidden_dim}")
-        dim = model.descriptor_dim
+        dim = model.embedding_dim
         self.config = {"momentum": float(momentum), "momentum_end": float(momentum_end),
                        "momentum_schedule": momentum_schedule, "predictor_hidden_dim": predictor_hidden_dim}
         self.predictor = BYOLPredictionHead(dim, predictor_hidden_dim or dim, dim)

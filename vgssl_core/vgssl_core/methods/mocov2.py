@@ -59,7 +59,7 @@ class MoCoV2(MomentumMethod):
         self.config = {"temperature": float(temperature), "momentum": float(momentum), "momentum_end": float(momentum_end),
                        "momentum_schedule": momentum_schedule, "queue_size": int(queue_size),
                        "mask_same_place": bool(mask_same_place), "mask_radius_m": float(mask_radius_m)}
-        dim = model.descriptor_dim
+        dim = model.embedding_dim
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1), persistent=False)
         self.register_buffer("queue_positions", torch.full((queue_size, 2), float("nan"), dtype=torch.float64),
                              persistent=False)

@@ -17,8 +17,8 @@ class SimSiam(Method):
     https://arxiv.org/abs/2011.10566; on GeoPairs as in VG-SSL (WACV 2025). Symmetric negative
     cosine similarity (lightly's ``NegativeCosineSimilarity``) between the prediction of one view
     and the detached projection of the other. Predictor Linear(D, H)-BN-ReLU-Linear(H, D) with
-    H = D unless ``predictor_hidden_dim`` is set (the VG-SSL reference code; the SimSiam paper
-    uses a bottleneck H = D / 4). Head: FC-2-2048 with BN.
+    H = 4096 (the VG-SSL reference, ``model/byol/byol_pytorch.py:232``; ``predictor_hidden_dim:
+    null`` makes H = D; the SimSiam paper uses a bottleneck H = D / 4). Head: FC-2-2048 with BN.
 
     Examples:
         >>> method = SimSiam(build_model({"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}))
@@ -27,14 +27,15 @@ class SimSiam(Method):
     """
 
     name = "simsiam"
-    default_config = {"predictor_hidden_dim": None}
+    default_config = {"predictor_hidden_dim": 4096}
+    nullable_keys = ("predictor_hidden_dim",)
     model_defaults = {"head_layers": 2, "head_dim": 2048, "head_batchnorm": True}
 
-    def __init__(self, model: DescriptorModel, predictor_hidden_dim: int | None = None):
+    def __init__(self, model: DescriptorModel, predictor_hidden_dim: int | None = 4096):
         super().__init__(model)
         check(predictor_hidden_dim is None or predictor_hidden_dim >= 1,
               f"simsiam: predictor_hidden_dim must be >= 1 or null, got {predictor_hidden_dim}")
-        dim = model.descriptor_dim
+        dim = model.embedding_dim
         self.config = {"predictor_hidden_dim": predictor_hidden_dim}
         self.predictor = SimSiamPredictionHead(dim, predictor_hidden_dim or dim, dim)
         self.criterion = NegativeCosineSimilarity()

@@ -15,7 +15,8 @@ class VICReg(Method):
     Bardes et al., "VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised
     Learning", ICLR 2022, https://arxiv.org/abs/2105.04906; on GeoPairs as in VG-SSL (WACV 2025).
     The loss is lightly's ``VICRegLoss`` on the UNnormalised projected embeddings, with the
-    paper's coefficients 25 (invariance), 25 (variance), 1 (covariance). Head: FC-2-4096 with BN.
+    paper's coefficients 25 (invariance), 25 (variance), 1 (covariance). Head: FC-2-4096 with BN,
+    no bias on the last layer (the reference).
 
     Examples:
         >>> method = VICReg(build_model({"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}))
@@ -25,7 +26,7 @@ class VICReg(Method):
 
     name = "vicreg"
     default_config = {"lambda_param": 25.0, "mu_param": 25.0, "nu_param": 1.0, "eps": 1e-4, "gather_distributed": False}
-    model_defaults = {"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}
+    model_defaults = {"head_layers": 2, "head_dim": 4096, "head_batchnorm": True, "head_final_bias": False}
 
     def __init__(self, model: DescriptorModel, lambda_param: float = 25.0, mu_param: float = 25.0,
                  nu_param: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False):

@@ -118,11 +118,36 @@ class NetVLAD(nn.Module):
         self.conv.weight.copy_((alpha * unit)[:, :, None, None].to(self.conv.weight))
 
 
-def build_aggregation(kind: str, channels: int, netvlad_clusters: int = 64) -> tuple[nn.Module, int]:
-    """The aggregation module for ``kind`` and its output dimension."""
+class DistilledTokens(nn.Module):
+    """The distilled DeiT's descriptor: L2((head(cls) + head_dist(dist)) / 2), each head a Linear
+    to ``dim`` (VG-SSL ``model/Deit.py:64-68``, FC 256 in the WACV runs). Input: the [B, C, 1, 2]
+    token map of ``ViTPrefixTokens``."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        self.head, self.head_dist = nn.Linear(channels, dim), nn.Linear(channels, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        cls, dist = x[:, :, 0, 0], x[:, :, 0, 1]
+        return F.normalize((self.head(cls) + self.head_dist(dist)) / 2, p=2.0, dim=1)
+
+
+def build_aggregation(kind: str, channels: int, netvlad_clusters: int = 64, fc_dim: int = 0) -> tuple[nn.Module, int]:
+    """The aggregation module for ``kind`` and its output dimension.
+
+    ``fc_dim`` > 0 adds the WACV descriptor layer: Linear(fc_dim) then L2 (VG-SSL
+    ``model/network.py:433-438``); for ``distilled`` it is the two token heads' width.
+    """
+    if kind == "distilled":
+        return DistilledTokens(channels, fc_dim), fc_dim
     if kind == "netvlad":
-        vlad = NetVLAD(netvlad_clusters, channels)
-        return vlad, vlad.output_dim
-    pools = {"gem": GeM, "mac": MAC}
-    assert kind in pools or kind == "netvlad", f"aggregation must be one of {[*pools, 'netvlad']}"
-    return nn.Sequential(OrderedDict(l2norm=L2Norm(1), pool=pools[kind](), flatten=nn.Flatten(1))), channels
+        module: nn.Module = NetVLAD(netvlad_clusters, channels)
+        dim = module.output_dim
+    else:
+        pools = {"gem": GeM, "mac": MAC}
+        assert kind in pools, f"aggregation must be one of {[*pools, 'netvlad', 'distilled']}"
+        module, dim = nn.Sequential(OrderedDict(l2norm=L2Norm(1), pool=pools[kind](), flatten=nn.Flatten(1))), channels
+    if fc_dim > 0:
+        module = nn.Sequential(OrderedDict(pool=module, fc=nn.Linear(dim, fc_dim), l2norm=L2Norm(1)))
+        dim = fc_dim
+    return module, dim

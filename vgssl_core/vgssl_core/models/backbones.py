@@ -5,6 +5,8 @@ A backbone maps images [B, 3, H, W] to a feature map [B, C, h, w]. ResNets are c
 (its position embedding is resampled on the fly for any input size, e.g. 480x640);
 EfficientNet-Lite0/1/2 are cut after their stride-16 stage (conv4) or their 1x1 head conv
 (conv5), see ``efficientnet_lite.py``. Every aggregation layer works the same on all backbones.
+The distilled DeiT-S (the WACV runs' ViT) returns its class and distillation tokens instead, as a
+[B, C, 1, 2] map for the ``distilled`` aggregation.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class ViTFeatureMap(nn.Module):
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
+class ViTPrefixTokens(nn.Module):
+    """A distilled timm DeiT returning its class and distillation tokens as a map [B, C, 1, 2]."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens = self.vit.forward_features(images)[:, :2]  # [B, 2, C]: class, distillation
+        return tokens.transpose(1, 2).unsqueeze(2)
+
+
 def _resnet_network(builder: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
     return lambda: builder(weights=None)
 
@@ -61,6 +75,13 @@ def _resnet_stages(layer: str) -> list[list[str]]:
 def _deit_network() -> nn.Module:
     # dynamic_img_size: the 14x14 position embedding is resampled for any input grid.
     return timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True)
+
+
+def _deit_distilled_network() -> nn.Module:
+    # The WACV runs' DeiT-S: timm's distilled model (VG-SSL model/Deit.py); its two classifier
+    # heads are replaced by the ``distilled`` aggregation's descriptor heads.
+    return timm.create_model("deit_small_distilled_patch16_224", pretrained=False, num_classes=0,
+                             dynamic_img_size=True)
 
 
 def _deit_stages(layer: str) -> list[list[str]]:
@@ -138,6 +159,17 @@ BACKBONES: dict[str, BackboneSpec] = {
         hf_hub_id="timm/deit_small_patch16_224.fb_in1k",
         classifier_prefixes=("head.", "head_dist."),
         filter_state=_deit_filter,
+    ),
+    "deit_s_distilled": BackboneSpec(
+        network=_deit_distilled_network,
+        cut=lambda network, layer: ViTPrefixTokens(network),
+        channels={"conv4": 384, "conv5": 384},
+        stages=lambda layer: [["vit.patch_embed", "vit.cls_token", "vit.dist_token", "vit.pos_embed"]]
+        + [[f"vit.blocks.{i}"] for i in range(12)],
+        weights_family="timm",
+        imagenet_files=("deit_small_distilled_patch16_224-649709d9.pth",),
+        hf_hub_id="timm/deit_small_distilled_patch16_224.fb_in1k",
+        classifier_prefixes=("head.", "head_dist."),
     ),
     **{name: _lite_spec(name) for name in lite.LITE_VARIANTS},
 }

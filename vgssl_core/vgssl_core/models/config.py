@@ -15,15 +15,26 @@ from vgssl_core.options import fill_defaults
 
 # The default: an untrained descriptor (ResNet-18 conv4 + GeM, no projection head).
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    # resnet18 | resnet50 | deit_s | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
+    # resnet18 | resnet50 | deit_s | deit_s_distilled | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2
     "backbone": "resnet18",
-    # conv4 | conv5 (ignored for deit_s). EfficientNet-Lite: conv4 = stride-16 stage, conv5 = 1x1 head conv
+    # conv4 | conv5 (ignored for the DeiTs). EfficientNet-Lite: conv4 = stride-16 stage, conv5 = 1x1 head conv
     "layer": "conv4",
-    "aggregation": "gem",  # gem | mac | netvlad
+    "aggregation": "gem",  # gem | mac | netvlad | distilled (deit_s_distilled's class + distillation tokens)
     "netvlad_clusters": 64,  # K of NetVLAD
     "head_layers": 0,  # L of FC-L-D (0: no projection head)
     "head_dim": 2048,  # D of FC-L-D (every hidden and output width)
     "head_batchnorm": False,  # BatchNorm1d + ReLU between head layers (else ReLU only)
+    # Biases of the head's Linear layers. The VG-SSL reference has none on a Linear followed by
+    # BatchNorm (the BN shift makes it redundant) and none on the last layer for Barlow Twins and
+    # VICReg (model/network.py:324-368); the methods set ``head_final_bias`` accordingly.
+    "head_bias_before_bn": False,
+    "head_final_bias": True,
+    # The WACV descriptor layer: aggregation -> Linear(fc_dim) -> L2 (model/network.py:433-438);
+    # for aggregation "distilled" the two token heads' width. 0: no descriptor layer.
+    "fc_dim": 0,
+    # Which output is searched: the projection head's (true; arXiv version) or the descriptor
+    # layer's (false; the WACV runs' --eval_with_proj off: the head only feeds the loss).
+    "search_projection": True,
     # Frozen leading stages: ResNet stem, layer1, layer2, ... / DeiT embedding, block 0, ...
     # 3 = "train only conv4_x (and conv5_x)", the benchmark's and VG-SSL's setting.
     "freeze_stages": 3,
@@ -36,9 +47,10 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("resnet18", "resnet50", "deit_s", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+    "backbone": ("resnet18", "resnet50", "deit_s", "deit_s_distilled", "efficientnet_lite0", "efficientnet_lite1",
+                 "efficientnet_lite2"),
     "layer": ("conv4", "conv5"),
-    "aggregation": ("gem", "mac", "netvlad"),
+    "aggregation": ("gem", "mac", "netvlad", "distilled"),
     "metric": ("ip", "l2"),
 }
 WEIGHT_WORDS = ("imagenet", "random", "auto")  # any other string is a file path
@@ -46,8 +58,9 @@ WEIGHT_WORDS = ("imagenet", "random", "auto")  # any other string is a file path
 # `pretrained: imagenet | none` (imagenet when found, else random) next to `weights: PATH | null`.
 LEGACY_PRETRAINED = {"imagenet": "auto", "none": "random"}
 # int keys and their smallest allowed value
-INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0}
-BOOL_KEYS = ("head_batchnorm", "normalize_descriptor")
+INT_MIN: dict[str, int] = {"netvlad_clusters": 1, "head_layers": 0, "head_dim": 1, "freeze_stages": 0, "fc_dim": 0}
+BOOL_KEYS = ("head_batchnorm", "head_bias_before_bn", "head_final_bias", "search_projection", "normalize_descriptor")
+VIT_BACKBONES = ("deit_s", "deit_s_distilled")
 MIN_IMAGE_SIDE = 32  # conv5 of a ResNet downsamples by 32
 
 
@@ -109,11 +122,19 @@ def resolve_model_config(partial: dict | None) -> dict:
             f"model config 'weights' must be one of {', '.join(WEIGHT_WORDS)} or a file path, got {weights!r}"
         )
 
+    if (cfg["aggregation"] == "distilled") != (cfg["backbone"] == "deit_s_distilled"):
+        raise ConfigError("model config: aggregation 'distilled' and backbone 'deit_s_distilled' go together "
+                          f"(got backbone {cfg['backbone']!r} with aggregation {cfg['aggregation']!r})")
+    if cfg["aggregation"] == "distilled" and cfg["fc_dim"] < 1:
+        raise ConfigError("model config 'fc_dim' must be >= 1 with aggregation 'distilled' (the token heads' width)")
+    if not cfg["search_projection"] and cfg["fc_dim"] < 1:
+        raise ConfigError("model config 'search_projection: false' searches the descriptor layer: set 'fc_dim' >= 1")
+
     most = freezable_stages(cfg["backbone"], cfg["layer"])
     if cfg["freeze_stages"] > most:
         raise ConfigError(
             f"model config 'freeze_stages' is {cfg['freeze_stages']}, but {cfg['backbone']}"
-            + ("" if cfg["backbone"] == "deit_s" else f" cut at {cfg['layer']}")
+            + ("" if cfg["backbone"] in VIT_BACKBONES else f" cut at {cfg['layer']}")
             + f" has {most} stages; choose 0..{most}"
         )
     return cfg

@@ -150,7 +150,7 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         resolve_model_config({**cfg, "image_size": size})
     except VgsslError as exc:
         raise VgsslError(f"--height/--width: {exc}") from None
-    if cfg["backbone"] == "deit_s" and (size[0] % 16 or size[1] % 16):
+    if cfg["backbone"].startswith("deit_s") and (size[0] % 16 or size[1] % 16):
         raise VgsslError(f"DeiT needs height and width divisible by 16, got {size[0]}x{size[1]}")
     module = SearchDescriptor(model.float().eval()).eval()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ def load_descriptor_model(
     cfg, state = descriptor_weights(raw)
     trained_from = resolve_model_config(cfg)["weights"]
     # Weights come from the checkpoint: never fetch or look for ImageNet weights again.
-    cfg = resolve_model_config({**cfg, "weights": "random"})
+    # Checkpoints from before the head-bias keys existed had a bias on every head Linear.
+    legacy = {"head_bias_before_bn": True, "head_final_bias": True}
+    cfg = resolve_model_config({**legacy, **cfg, "weights": "random"})
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,6 +1,6 @@
 """Training configs: a YAML preset, ``key=value`` overrides, and one schema of defaults.
 
-A strategy preset (package data: ``vgssl_core/presets/*.yaml``) names the paper's strategy (``simclr-fc-1-2048-1``)
+A strategy preset (package data: ``vgssl_core/presets/*.yaml``) names the paper's strategy (``arxiv-simclr-fc-1-2048-1``)
 and holds only what differs from the defaults below; every hyperparameter the reference code
 hard-codes lives here or in the method's defaults with the paper's value. The resolved config
 is plain data (str/int/float/bool/list/dict/None), so it can travel inside checkpoints that
@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "positive": "uniform",
         "batch_size": 32,
         "workers": 2,
-        "augment": {},  # see vgssl_core.data.transforms.DEFAULT_AUGMENT
+        "augment": {},  # a set's name or a mapping; see vgssl_core.data.transforms.AUGMENT_SETS
     },
     "mining": {  # the triplet baseline only (Berton et al., CVPR 2022)
         "mode": "partial",
@@ -132,6 +132,15 @@ def presets() -> dict[str, Path]:
     return {entry.name[:-len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
+def preset_headers() -> dict[str, str]:
+    """Shipped presets by name (sorted) -> the first line of their header comment."""
+    out = {}
+    for name, entry in sorted(presets().items()):
+        first = next((ln for ln in entry.read_text().splitlines() if ln.strip()), "")
+        out[name] = first.lstrip("#").strip() if first.lstrip().startswith("#") else ""
+    return out
+
+
 def resolve_preset(name: str | Path) -> Path:
     """A preset file, or the bare name of a shipped preset (``demo-simclr``).
 
@@ -171,14 +180,24 @@ def _float(value: Any, key: str) -> float:
         raise VgsslError(f"config key '{key}' must be a number, got {value!r}") from None
 
 
+def _augment_as_mapping(raw: dict[str, Any]) -> dict[str, Any]:
+    """``data.augment: reference`` -> ``{"name": "reference"}``, so overrides of single keys merge."""
+    from vgssl_core.data.transforms import augment_mapping
+
+    data = raw.get("data")
+    if isinstance(data, dict) and "augment" in data:
+        raw = {**raw, "data": {**data, "augment": augment_mapping(data["augment"])}}
+    return raw
+
+
 def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults <- preset <- overrides, validated; the method and model parts by their own resolvers."""
     from vgssl_core.methods import canonical_method_name, model_config_for_method, resolve_method_config
     from vgssl_core.data.transforms import resolve_augment_config
 
-    raw = dict(preset or {})
+    raw = _augment_as_mapping(dict(preset or {}))
     for text in overrides or []:
-        raw = _deep_update(raw, parse_override(text))
+        raw = _deep_update(raw, _augment_as_mapping(parse_override(text)))
     cfg = _merge(DEFAULTS, raw, "")
     cfg["method"] = canonical_method_name(cfg["method"])
     for section, key in (("optim", "lr"), ("optim", "weight_decay"), ("data", "db_negative_ratio"),

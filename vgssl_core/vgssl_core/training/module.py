@@ -103,7 +103,20 @@ class VgsslModule(pl.LightningModule):
             log.info(line)
 
     # -- training -----------------------------------------------------------------------
+    def _batch_flip(self, batch):
+        """``augment.batch_hflip_p``: flip every image of the batch horizontally, or none (the
+        reference's one flip decision per batch). The decision is a function of (seed, step), so
+        a resumed run flips the same batches."""
+        p = float(self.cfg["data"]["augment"].get("batch_hflip_p", 0.0))
+        if p <= 0:
+            return batch
+        generator = torch.Generator().manual_seed(int(self.cfg["trainer"]["seed"]) * 1_000_003 + int(self.global_step))
+        if float(torch.rand((), generator=generator)) >= p:
+            return batch
+        return [t.flip(-1) if t.is_floating_point() else t for t in batch]
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        batch = self._batch_flip(batch)
         if self.method.batch_kind == "triplets":
             query, positive, negatives = batch
             loss = self.method.loss_triplets(query, positive, negatives)

@@ -56,7 +56,7 @@ class Run:
     """One finished training run, as the table sees it."""
 
     path: Path
-    strategy: str  # the preset's name, e.g. simclr-fc-1-2048-1
+    strategy: str  # the preset's name, e.g. arxiv-simclr-fc-1-2048-1
     method: str
     label: str  # the table's method column, e.g. "Triplet (partial mining)"
     category: str
@@ -66,6 +66,16 @@ class Run:
     seed: int | None
     recall: dict[str, float]
     attention: dict[str, Any] | None = None
+    init: str = "unrecorded"  # the initial weights (init_label of test.json's "init")
+
+
+def init_label(init: dict[str, Any] | None) -> str:
+    """A run's initial weights in a table cell: random, imagenet, file <sha256[:8]>, unrecorded."""
+    if not isinstance(init, dict) or "init" not in init:
+        return "unrecorded"
+    if init["init"] == "file":
+        return f"file {str(init.get('sha256') or '?')[:8]}"
+    return str(init["init"])
 
 
 def method_label(cfg: dict[str, Any]) -> str:
@@ -101,7 +111,8 @@ def read_run(run_dir: str | Path) -> Run:
     return Run(path=run_dir, strategy=cfg.get("name") or method, method=method, label=method_label(cfg),
                category=CATEGORIES.get(method, "other"), dataset=Path(data_root).name or "?", data_root=data_root,
                split=str(test.get("split", "test")), seed=None if seed is None else int(seed),
-               recall={str(k): float(v) for k, v in test["recall"].items()}, attention=attention)
+               recall={str(k): float(v) for k, v in test["recall"].items()}, attention=attention,
+               init=init_label(test.get("init")))
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -296,6 +307,11 @@ class Row:
     method: str
     values: dict[str, list[float]] = field(default_factory=dict)  # column key -> one value per seed
     runs: list[str] = field(default_factory=list)
+    inits: list[str] = field(default_factory=list)  # the runs' initial weights (init_label), distinct
+
+    @property
+    def init(self) -> str:
+        return " / ".join(self.inits)
 
     def mean(self, key: str) -> float | None:
         v = self.values.get(key)
@@ -343,6 +359,8 @@ def build_table(runs: Sequence[Run], ns: Sequence[str] = DEFAULT_NS) -> Table:
     for r in runs:
         row = rows.setdefault((r.label, r.strategy), Row(r.label, r.strategy, r.category, r.method))
         row.runs.append(str(r.path))
+        if r.init not in row.inits:
+            row.inits.append(r.init)
         for n in ns:
             if n not in r.recall:
                 raise VgsslError(f"{r.path / 'test.json'}: has no R@{n}; available: {', '.join(r.recall)}")
@@ -382,12 +400,12 @@ def _cell(row: Row, col: Column) -> str:
 def to_markdown(table: Table) -> str:
     """The paper-style table: best of each column **bold**, second <u>underlined</u>."""
     many = len(table.datasets) > 1
-    header = ["Method", "Strategy", "Category", "Seeds"] + [
+    header = ["Method", "Strategy", "Category", "Init", "Seeds"] + [
         f"{c.dataset} {c.metric}" if many else c.metric for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] * 3 + ["--:"] * (len(header) - 3)) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] * 4 + ["--:"] * (len(header) - 4)) + "|"]
     ranks = [_ranks(table, c) for c in table.columns]
     for i, row in enumerate(table.rows):
-        cells = [row.label, row.strategy, row.category, str(row.seeds)]
+        cells = [row.label, row.strategy, row.category, row.init, str(row.seeds)]
         for col, rank in zip(table.columns, ranks):
             text = _cell(row, col)
             cells.append(f"**{text}**" if rank.get(i) == 1 else f"<u>{text}</u>" if rank.get(i) == 2 else text)
@@ -399,7 +417,16 @@ def to_markdown(table: Table) -> str:
                     "divided by their share of the pixels (1 = no preference)")
     if any(c.metric == "transient %" for c in table.columns):
         caption += "; transient % = share on vehicles and pedestrians (lower is better)"
+    if mixed_inits(table):
+        caption += ("; **the rows start from different initial weights** (Init column: "
+                    + ", ".join(mixed_inits(table)) + "), so their gaps are not the methods' alone")
     return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def mixed_inits(table: Table) -> list[str]:
+    """The distinct initial weights of the table's runs when there is more than one, else []."""
+    found = list(dict.fromkeys(i for row in table.rows for i in row.inits))
+    return found if len(found) > 1 else []
 
 
 def to_csv(table: Table) -> str:
@@ -407,14 +434,14 @@ def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     names = [f"{c.dataset} {c.metric}" for c in table.columns]
-    writer.writerow(["method", "strategy", "category", "seeds"]
+    writer.writerow(["method", "strategy", "category", "init", "seeds"]
                     + [f"{n} {part}" for n in names for part in ("mean", "std")])
     for row in table.rows:
         values = []
         for col in table.columns:
             mean, std = row.mean(col.key), row.std(col.key)
             values += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}"]
-        writer.writerow([row.label, row.strategy, row.category, row.seeds] + values)
+        writer.writerow([row.label, row.strategy, row.category, row.init, row.seeds] + values)
     return buf.getvalue()
 
 
@@ -422,7 +449,8 @@ def to_dict(table: Table) -> dict[str, Any]:
     return {
         "datasets": table.datasets,
         "columns": [f"{c.dataset} {c.metric}" for c in table.columns],
-        "rows": [{"method": r.label, "strategy": r.strategy, "category": r.category, "seeds": r.seeds,
+        "mixed_inits": mixed_inits(table),
+        "rows": [{"method": r.label, "strategy": r.strategy, "category": r.category, "init": r.init, "seeds": r.seeds,
                   "runs": r.runs,
                   "values": {f"{c.dataset} {c.metric}": {"mean": r.mean(c.key), "std": r.std(c.key),
                                                           "values": r.values.get(c.key, [])}

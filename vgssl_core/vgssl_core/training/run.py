@@ -24,6 +24,7 @@ from vgssl_core.data.dataset import load_split
 from vgssl_core.errors import VgsslError
 from vgssl_core.evaluation.split import evaluate_split
 from vgssl_core.models.loading import load_descriptor_model
+from vgssl_core.models.weights import init_record
 from vgssl_core.io import torch_save, write_json
 from vgssl_core.training.module import VgsslModule
 
@@ -152,6 +153,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg)
     module = VgsslModule(cfg, train_split)
+    init = init_record(module.method.model)  # which weights the run started from (file + sha256)
     if module.n_queries_without_positive:
         log.info(f"note: {module.n_queries_without_positive} training queries have no database image within "
                  f"{cfg['data']['train_radius_m']} m and are left out")
@@ -189,7 +191,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     seconds = time.perf_counter() - start
     summary: dict[str, Any] = {"run_dir": str(run_dir), "method": cfg["method"], "name": cfg.get("name"),
                                "epochs": trainer.current_epoch, "steps": trainer.global_step,
-                               "train_seconds": round(seconds, 2), "best_val_r5": callback.best_r5,
+                               "init": init, "train_seconds": round(seconds, 2), "best_val_r5": callback.best_r5,
                                "val_history": callback.history, "data_history": module.data_history}
     if test_split is not None and trainer.is_global_zero:
         best = run_dir / "best.ckpt"
@@ -198,6 +200,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
         report, *_ = evaluate_split(model.to(module.device), model_cfg, test_split, module.device,
                                     batch_size=trainer_cfg["eval_batch_size"], progress=progress)
         report["checkpoint"] = str(ckpt)
+        report["init"] = init
         write_json(run_dir / "test.json", report)
         summary["test"] = report
     if trainer.is_global_zero:
