@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except VgsslError as exc:
         print(f"vgssl {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"vgssl {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"vgssl {args.command}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 
