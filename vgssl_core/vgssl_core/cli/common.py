@@ -45,6 +45,35 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Options that name what a command reads: no output may land on one of them.
+INPUT_OPTIONS = ("ckpt", "data", "db", "images", "resume", "config", "world", "bag")
+
+
+def command_inputs(args: argparse.Namespace) -> list[str]:
+    """The paths a command reads (``--bag`` is an output of ``vgssl synth``)."""
+    names = [n for n in INPUT_OPTIONS if not (n == "bag" and args.command == "synth")]
+    found: list[str] = []
+    for name in names:
+        value = getattr(args, name, None)
+        found.extend(str(v) for v in (value if isinstance(value, list) else [value]) if v)
+    return found
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The output guard (``io.check_output``) on the file outputs every command shares, before any work:
+    ``--json``, ``--save-descriptors NPZ`` and ``--plots PREFIX``."""
+    from vgssl_core.io import check_output
+
+    inputs = command_inputs(args)
+    if getattr(args, "json", None):
+        check_output(args.json, inputs=inputs, kind="json")
+    if isinstance(getattr(args, "save_descriptors", None), str):
+        check_output(args.save_descriptors, inputs=inputs, kind="npz")
+    if getattr(args, "plots", None):
+        for name in ("recall_vs_n.png", "recall_vs_threshold.png"):
+            check_output(f"{args.plots}{name}", inputs=inputs, kind="png")
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
     p.add_argument("--batch-size", type=int, default=32)

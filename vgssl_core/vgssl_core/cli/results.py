@@ -246,8 +246,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 @command("export", "export a descriptor model to TorchScript or ONNX, with a sidecar JSON for the localizer",
          _export_args)
 def run_export(args: argparse.Namespace) -> int:
+    from vgssl_core.io import check_output
     from vgssl_core.models.export import export_model, sidecar_path
 
+    check_output(args.out, inputs=[args.ckpt], kind="export")
+    check_output(sidecar_path(args.out), inputs=[args.ckpt], kind="json")
     if (args.height is None) != (args.width is None):
         raise VgsslError("give both --height and --width, or neither")
     size = [args.height, args.width] if args.height is not None else None
