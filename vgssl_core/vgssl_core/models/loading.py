@@ -35,7 +35,11 @@ def load_descriptor_model(
     # Weights come from the checkpoint: never fetch or look for ImageNet weights again.
     cfg = resolve_model_config({**cfg, "pretrained": "none", "weights": None})
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that disagree with the stored config
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
+        raise VgsslError(f"{ckpt}: weights do not match the model config stored in it ({detail[:200]})") from None
     if missing or unexpected:
         raise VgsslError(
             f"{ckpt}: weights do not match the model config stored in it "
