@@ -149,3 +149,15 @@ def test_an_unreadable_subfolder_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", forbidden)  # as a folder without read permission (also as root)
     with pytest.raises(VgsslError, match="cannot read this folder"):
         dataset.load_split(root, "val")
+
+
+def test_table_of_a_hand_edited_run_with_wrong_types(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "test.json").write_text(json.dumps({"recall": {"1": "high", "5": 50.0}, "data": "worlds/tiny"}))
+    (run / "config.json").write_text(json.dumps({"method": "simclr", "trainer": {"seed": "zero"}}))
+    assert run_cli("table", "--runs", tmp_path / "runs", "--out", tmp_path / "table") == 2
+    err = capsys.readouterr().err
+    assert "wrong types" in err and len(err.strip().splitlines()) == 1

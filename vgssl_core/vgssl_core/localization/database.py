@@ -273,7 +273,13 @@ def build_database_from_split(
 
 
 def _write_faiss_index(path: Path, index: faiss.Index) -> None:
-    faiss.write_index(index, str(path))
+    # serialised by faiss in memory, written by Python: a full disk is an OSError naming the file
+    data = faiss.serialize_index(index)
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data.tobytes())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     fsync_file(path)
 
 
