@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -100,6 +101,14 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tiny_model, tiny_w
     assert done.returncode == 2, done.stderr
     assert "no space left on device" in done.stderr and "Traceback" not in done.stderr
     assert _hidden(out) == [] and not (out / "m.pt").exists()
+    # build-db: the earlier database stays, no partial folder is left
+    shutil.copytree(tiny_model().db, out / "db")
+    before = (out / "db" / "descriptors.npy").read_bytes()
+    done = cli_subprocess("build-db", "--data", tiny_world, "--split", "val", "--ckpt", tiny_model().ckpt,
+                          "--out", out / "db", "--quiet", fsize=3000)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("vgssl build-db: error: no space left on device")
+    assert (out / "db" / "descriptors.npy").read_bytes() == before and _hidden(out) == []
 
 
 def test_a_full_disk_during_training_is_one_line(tiny_world, tmp_path):

@@ -155,7 +155,15 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+        np.save(_Stream(fh), array, allow_pickle=False)
+
+
+class _Stream:
+    """A file numpy takes for a plain stream: it then writes in chunks through Python's ``write``,
+    so a full disk is an ``OSError`` with its errno (``ndarray.tofile`` drops the errno)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.write = fh.write
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
