@@ -91,7 +91,7 @@ class ValidateAndCheckpoint(pl.Callback):
             self.interrupted_at = trainer.global_step
 
 
-def _appending_csv_logger(run_dir: Path, resume_step: int | None):
+def _appending_csv_logger(run_dir: Path, resume_step: int):
     """Lightning's CSV logger, except that ``logs/metrics.csv`` grows across resumes.
 
     Lightning deletes an existing ``metrics.csv``; here its rows are kept (those at or after the
@@ -109,8 +109,7 @@ def _appending_csv_logger(run_dir: Path, resume_step: int | None):
             with open(path, newline="") as fh:
                 reader = csv.DictReader(fh)
                 keys, rows = list(reader.fieldnames or []), list(reader)
-            if resume_step is not None:
-                rows = [r for r in rows if _step(r) < resume_step]
+            rows = [r for r in rows if _step(r) < resume_step]
             self.metrics_keys = keys
             text = _csv_text(keys, rows)
             write_text(path, text)
@@ -143,7 +142,7 @@ def _csv_text(keys: list[str], rows: list[dict[str, str]]) -> str:
     return out.getvalue()
 
 
-def _loggers(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = None) -> list:
+def _loggers(cfg: dict[str, Any], run_dir: Path, resume_step: int = 0) -> list:
     wanted = cfg["trainer"]["loggers"] or []
     out: list = []
     for name in wanted:
@@ -197,7 +196,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
           progress: bool = True) -> dict[str, Any]:
     """Train one strategy; returns the summary also written to ``RUN_DIR/summary.json``."""
     run_dir = Path(run_dir)
-    resume_step = None
+    resume_step = 0  # logged rows from this step on are the new run's (all of them without --resume)
     if resume is not None:
         # a missing / truncated / foreign file, or one of another model, fails here: the run
         # folder (config.json, logs) changes only once the resume is accepted
