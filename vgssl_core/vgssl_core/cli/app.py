@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from vgssl_core import __version__
 from vgssl_core.cli import config, evaluate, maps, replay, results, synth, train
-from vgssl_core.cli.common import Command
+from vgssl_core.cli.common import Command, check_outputs
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError, user_message
+from vgssl_core.io import disk_error_message
 
 # The command groups, in the order ``vgssl --help`` lists them.
 GROUPS = (synth, evaluate, train, config, maps, replay, results)
@@ -47,15 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        json_path = getattr(args, "json", None)
-        if json_path and Path(json_path).is_dir():  # before the work, not after it
-            raise VgsslError(f"{json_path}: is a folder; give a file path for --json")
+        check_outputs(args)  # before the work, not after it
         return commands()[args.command].run(args)
     except VgsslError as exc:
         print(f"vgssl {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"vgssl {args.command}: interrupted", file=sys.stderr)
+    except OSError as exc:  # a full, read-only or forbidden disk: one line, not a traceback
+        message = disk_error_message(exc)
+        if message is None:
+            raise
+        print(f"vgssl {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:
+        print(f"vgssl {args.command}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -45,10 +45,85 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Options that name what a command reads: no output may land on one of them.
+INPUT_OPTIONS = ("ckpt", "data", "db", "images", "resume", "config", "world", "bag")
+
+
+def command_inputs(args: argparse.Namespace) -> list[str]:
+    """The paths a command reads (``--bag`` is an output of ``vgssl synth``)."""
+    names = [n for n in INPUT_OPTIONS if not (n == "bag" and args.command == "synth")]
+    found: list[str] = []
+    for name in names:
+        value = getattr(args, name, None)
+        found.extend(str(v) for v in (value if isinstance(value, list) else [value]) if v)
+    return found
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """The output guard (``io.check_output``) on the file outputs every command shares, before any work:
+    ``--json``, ``--save-descriptors NPZ`` and ``--plots PREFIX``."""
+    from vgssl_core.io import check_output
+
+    inputs = command_inputs(args)
+    if getattr(args, "json", None):
+        check_output(args.json, inputs=inputs, kind="json")
+    if isinstance(getattr(args, "save_descriptors", None), str):
+        check_output(args.save_descriptors, inputs=inputs, kind="npz")
+    if getattr(args, "plots", None):
+        for name in ("recall_vs_n.png", "recall_vs_threshold.png"):
+            check_output(f"{args.plots}{name}", inputs=inputs, kind="png")
+
+
+# argparse types: a bad value is argparse's one-line usage error (exit 2) before any work
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (not nan, not inf)."""
+    return _finite(text, strict=True)
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _finite(text, strict=False)
+
+
+def _finite(text: str, strict: bool) -> float:
+    import math
+
+    bound = "> 0" if strict else ">= 0"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number {bound}, got '{text}'") from None
+    if not math.isfinite(value) or value < 0 or (strict and value == 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got '{text}'")
+    return value
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="data-loader worker processes")
 
 
 def finish(args: argparse.Namespace, payload: dict[str, Any]) -> int:

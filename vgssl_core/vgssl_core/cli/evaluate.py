@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, parse_ns, registrar
+from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, parse_ns, positive_float, registrar
 from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
 from vgssl_core.errors import VgsslError
 
@@ -20,7 +20,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--ckpt", help="checkpoint; without it, the untrained descriptor of the model.* overrides")
     p.add_argument("--recall-n", default="1,5,10,20", help="comma-separated N values")
-    p.add_argument("--threshold", type=float, default=EVAL_RADIUS_M, help="metres for a correct match")
+    p.add_argument("--threshold", type=positive_float, default=EVAL_RADIUS_M, help="metres for a correct match")
     p.add_argument("--save-descriptors", metavar="NPZ", help="write db_desc, q_desc, db_utm, q_utm")
     p.add_argument("--plots", metavar="PREFIX", help="write PREFIXrecall_vs_n.png and PREFIXrecall_vs_threshold.png")
     p.add_argument("overrides", nargs="*", metavar="model.key=value",

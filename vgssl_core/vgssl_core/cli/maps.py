@@ -11,7 +11,9 @@ import math
 import time
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, parse_ns, registrar
+from vgssl_core.cli.common import (
+    add_common, add_runtime, finish, nonnegative_float, parse_ns, positive_float, positive_int, registrar,
+)
 from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []
@@ -50,9 +52,9 @@ def _bag_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mapping bag (with --bag; see replay.build_database_from_bag)")
     g.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic (default: the bag's only one)")
     g.add_argument("--gnss-topic", help="sensor_msgs/NavSatFix topic (default: the bag's only one)")
-    g.add_argument("--max-gap", type=float, default=1.0, metavar="S",
+    g.add_argument("--max-gap", type=positive_float, default=1.0, metavar="S",
                    help="GNSS fixes around a frame may be at most this far apart, else it is skipped (default 1 s)")
-    g.add_argument("--min-spacing", type=float, default=0.0, metavar="M",
+    g.add_argument("--min-spacing", type=nonnegative_float, default=0.0, metavar="M",
                    help="keep a frame only this far from the previously kept one (default 0: every frame)")
 
 
@@ -115,7 +117,7 @@ def _localize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="database folder written by 'vgssl build-db'")
     p.add_argument("--ckpt", required=True, help="the checkpoint the database was built with")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to localize")
-    p.add_argument("--top-k", type=int, default=5, help="database matches per image (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="database matches per image (default 5)")
     p.add_argument("--force", action="store_true", help="use the database even if built with another checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
     add_common(p)

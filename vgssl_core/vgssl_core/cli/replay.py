@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, finish, format_recall, parse_floats, parse_ns, registrar
+from vgssl_core.cli.common import (
+    add_common, finish, format_recall, nonnegative_float, parse_floats, parse_ns, positive_float, positive_int,
+    registrar,
+)
 from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
 from vgssl_core.errors import VgsslError
 from vgssl_core.rosbag.gnss import GNSS_TOLERANCE_S
@@ -31,18 +34,18 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gnss-topic", help="sensor_msgs/NavSatFix ground truth (default: the bag's only one)")
     p.add_argument("--fusion", default="bayes", choices=METHODS,
                    help="temporal fusion over frames (default bayes; the report shows Recall@1 with and without)")
-    p.add_argument("--every", type=int, default=1, metavar="K", help="use every K-th frame (default 1: all)")
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--max-gap", type=float, default=1.0, metavar="S",
+    p.add_argument("--every", type=positive_int, default=1, metavar="K", help="use every K-th frame (default 1: all)")
+    p.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+    p.add_argument("--max-gap", type=positive_float, default=1.0, metavar="S",
                    help="GNSS fixes around a frame may be at most this far apart (default 1 s)")
-    p.add_argument("--gnss-tolerance", type=float, default=GNSS_TOLERANCE_S, metavar="S",
+    p.add_argument("--gnss-tolerance", type=nonnegative_float, default=GNSS_TOLERANCE_S, metavar="S",
                    help="a frame this close before the first / after the last GNSS fix takes that fix "
                         "(default 0.2 s); further out it is skipped as gnss_outside")
-    p.add_argument("--threshold", type=float, default=EVAL_RADIUS_M, help="metres for a correct match (default 25)")
+    p.add_argument("--threshold", type=positive_float, default=EVAL_RADIUS_M, help="metres for a correct match (default 25)")
     p.add_argument("--thresholds", default="5,10,15,25,50,100", help="also report recall at these distances (m)")
     p.add_argument("--recall-n", default="1,5,10,20", help="comma-separated N values")
-    p.add_argument("--top-k", type=int, default=5, help="matches per frame for the fix, as the live localizer")
-    p.add_argument("--max-speed", type=float, help="fusion: fastest plausible speed in m/s (default 15)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="matches per frame for the fix, as the live localizer")
+    p.add_argument("--max-speed", type=positive_float, help="fusion: fastest plausible speed in m/s (default 15)")
     p.add_argument("--save-descriptors", action="store_true", help="also store the frame descriptors in frames.npz")
     p.add_argument("--force", action="store_true", help="use the database even if built with another checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
@@ -59,14 +62,6 @@ def run_replay_command(args: argparse.Namespace) -> int:
 
     ns = parse_ns(args.recall_n)
     thresholds = parse_floats(args.thresholds, "--thresholds")
-    if not args.threshold > 0:
-        raise VgsslError(f"--threshold must be > 0 m, got {args.threshold}")
-    if args.top_k < 1:
-        raise VgsslError(f"--top-k must be >= 1, got {args.top_k}")
-    if not args.gnss_tolerance >= 0:  # before the model loads (Replay checks it again)
-        raise VgsslError(f"--gnss-tolerance must be >= 0 s, got {args.gnss_tolerance}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise VgsslError(f"--max-frames must be >= 1, got {args.max_frames}")
     params = None
     if args.max_speed is not None:
         try:

@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, parse_ns, registrar
+from vgssl_core.cli.common import add_common, add_runtime, finish, parse_ns, positive_int, registrar
 from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []
@@ -64,8 +64,8 @@ def _table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also measure geo-relevance (Grad-CAM on N test queries) for each run with class masks")
     p.add_argument("--attention-target", default="retrieved", choices=("retrieved", "true"))
-    p.add_argument("--max-steps", type=int, help="stop each training after this many optimiser steps")
-    p.add_argument("--max-epochs", type=int, help="stop each training after this many epochs")
+    p.add_argument("--max-steps", type=positive_int, help="stop each training after this many optimiser steps")
+    p.add_argument("--max-epochs", type=positive_int, help="stop each training after this many epochs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every training")
     p.add_argument("--device", default="auto",
                    help="for --attention (auto | cpu | cuda); training follows trainer.accelerator (an override)")
@@ -122,7 +122,7 @@ def _gradcam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="comma-separated column names (default: each checkpoint's strategy name)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=8, help="queries to explain, spread over the split (default 8)")
+    p.add_argument("--n", type=positive_int, default=8, help="queries to explain, spread over the split (default 8)")
     p.add_argument("--target", default="retrieved", choices=("retrieved", "true"),
                    help="similarity to the retrieved database image (default) or to the true nearest one")
     p.add_argument("--out", required=True, help="folder for the overlays, panel.png and attention.json")
@@ -238,16 +238,19 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--out", required=True, help="exported file (its sidecar is written as FILE.json)")
     p.add_argument("--dynamic", action="store_true", help="accept any input height/width (checked at two sizes)")
-    p.add_argument("--height", type=int, help="input height (default the model's image size)")
-    p.add_argument("--width", type=int, help="input width (default the model's image size)")
+    p.add_argument("--height", type=positive_int, help="input height (default the model's image size)")
+    p.add_argument("--width", type=positive_int, help="input width (default the model's image size)")
     add_common(p)
 
 
 @command("export", "export a descriptor model to TorchScript or ONNX, with a sidecar JSON for the localizer",
          _export_args)
 def run_export(args: argparse.Namespace) -> int:
+    from vgssl_core.io import check_output
     from vgssl_core.models.export import export_model, sidecar_path
 
+    check_output(args.out, inputs=[args.ckpt], kind="export")
+    check_output(sidecar_path(args.out), inputs=[args.ckpt], kind="json")
     if (args.height is None) != (args.width is None):
         raise VgsslError("give both --height and --width, or neither")
     size = [args.height, args.width] if args.height is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, registrar
+from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, positive_int, registrar
 from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []
@@ -18,8 +18,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root with train/val/test splits")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, test.json)")
     p.add_argument("--resume", help="RUN_DIR/last.ckpt of an interrupted run")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--max-epochs", type=int, help="stop after this many epochs")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps")
+    p.add_argument("--max-epochs", type=positive_int, help="stop after this many epochs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-4")
     add_common(p)
 

@@ -8,11 +8,12 @@ easting/northing with a KD-tree, as the benchmark defines them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.spatial import cKDTree
 
 from vgssl_core.errors import VgsslError
@@ -70,10 +71,19 @@ class GeoSplit:
         return f"{self.name}: {len(self.database)} database, {len(self.queries)} queries (UTM {zone})"
 
 
+# Present while ``vgssl synth`` writes a world (removed last): a world that has it is partial.
+IN_PROGRESS = ".synth-in-progress"
+
+
 def _scan(folder: Path) -> ImageSet:
     if not folder.is_dir():
         raise VgsslError(f"{folder}: folder is missing; expected <root>/images/<split>/{{database,queries}}/")
-    paths = sorted(p for p in folder.rglob("*") if is_image_file(p))
+
+    def unreadable(exc: OSError) -> None:  # rglob would skip the folder without a word
+        raise VgsslError(f"{exc.filename}: cannot read this folder of the dataset ({exc.strerror})")
+
+    paths = sorted(Path(top) / name for top, _, names in os.walk(folder, onerror=unreadable, followlinks=True)
+                   for name in names if is_image_file(Path(top) / name))
     if not paths:
         raise VgsslError(f"{folder}: no .jpg/.jpeg/.png images found")
     return ImageSet(paths, [parse_image_name(p) for p in paths])
@@ -100,6 +110,9 @@ def load_split(root: str | Path, split: str = "test") -> GeoSplit:
     images = root / "images"
     if not images.is_dir():
         raise VgsslError(f"{root}: not a dataset folder (no 'images/' inside); run 'vgssl synth --out {root}' to make one")
+    if (root / IN_PROGRESS).exists():
+        raise VgsslError(f"{root}: the synthetic world is incomplete ({IN_PROGRESS} is present: 'vgssl synth' was "
+                         f"stopped or is still writing); run 'vgssl synth --out {root}' again")
     split_dir = images / split
     if not split_dir.is_dir():
         have = sorted(p.name for p in images.iterdir() if p.is_dir())
@@ -110,13 +123,32 @@ def load_split(root: str | Path, split: str = "test") -> GeoSplit:
     return GeoSplit(root, split, database, queries, zone, letter)
 
 
+# PIL modes of 16-bit single-channel images (16-bit PNG, TIFF): ``convert("RGB")`` would clip them white
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Decode an image fully (so truncation is found now, never replaced by a blank image)."""
+    """Decode an image fully (so truncation is found now, never replaced by a blank image), upright
+    (its EXIF orientation applied) and as 8-bit RGB (16-bit grey keeps its high byte, as the
+    localizer node decodes ``mono16`` frames)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            upright = ImageOps.exif_transpose(img)
+            if upright.mode in WIDE_MODES:
+                return _wide_to_rgb(upright)
+            return upright.convert("RGB")
     except FileNotFoundError:
         raise VgsslError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise VgsslError(f"{path}: image too large to decode ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise VgsslError(f"{path}: unreadable or truncated image ({exc})") from None
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    from vgssl_core.localization.image_codec import decode_raw
+
+    wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535).astype("<u2")
+    height, width = wide.shape
+    return Image.fromarray(decode_raw("mono16", height, width, 2 * width, wide.tobytes(), False))

@@ -73,7 +73,7 @@ def parse_image_name(path: str | Path) -> GeoTag:
             lat, lon = _optional_float(meta[2]), _optional_float(meta[3])
         if len(meta) > 6:  # fields: pano_id, tile_num, heading, ...
             heading = _optional_float(meta[6])
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # int(float("inf")) is an OverflowError
         raise VgsslError(f"{path}: malformed geo-tag field ({exc})") from None
     if (lat is None or lon is None) and zone is not None and letter is not None and 1 <= zone <= 60:
         try:

@@ -23,6 +23,7 @@ leaves at worst a ``.<name>.partial-*`` folder, never a half-written database un
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ from vgssl_core.data.geo import utm_to_latlon
 from vgssl_core.evaluation.search import INDEX_TYPES, METRICS, ApproximateIndex, ExactIndex, build_ann_index, prepare, resolve_index_spec
 from vgssl_core.data.transforms import eval_transform
 
+log = logging.getLogger("vgssl")
 FORMAT = "vgssl-mapdb"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"  # approximate index types only
@@ -91,8 +93,32 @@ def stale_partials(out: str | Path) -> list[Path]:
         pid_text = sibling.name[len(f".{out.name}{PARTIAL}"):].split("-", 1)[0]
         if not (pid_text.isdigit() and _pid_alive(int(pid_text))):
             stale.append(sibling)
-    stale.extend(out.parent.glob(f".{out.name}{RETIRED}*"))
+    if out.exists():  # a retired copy is stale only once a database stands under the name again
+        stale.extend(out.parent.glob(f".{out.name}{RETIRED}*"))
     return sorted(stale)
+
+
+def restore_retired(out: str | Path) -> Path | None:
+    """Put back the newest complete retired copy of ``out`` when nothing stands under its name.
+
+    A crash between the two renames of :func:`_move_into_place` leaves the previous database
+    only as ``.NAME.retired-PID-NS``; this undoes the first rename (None when there is nothing
+    to restore, or its writer still runs).
+    """
+    out = Path(out)
+    if out.exists() or not out.parent.is_dir():
+        return None
+    copies = []
+    for sibling in out.parent.glob(f".{out.name}{RETIRED}*"):
+        pid_text, _, ns_text = sibling.name[len(f".{out.name}{RETIRED}"):].partition("-")
+        if pid_text.isdigit() and _pid_alive(int(pid_text)) or not (sibling / "manifest.json").is_file():
+            continue
+        copies.append((int(ns_text) if ns_text.isdigit() else 0, sibling))
+    if not copies:
+        return None
+    os.replace(max(copies)[1], out)
+    fsync_dir(out.parent)
+    return out
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -115,6 +141,7 @@ def write_database(
     out = Path(out).absolute()
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    restore_retired(out)  # a failed rebuild then still leaves the earlier database
     for stale in stale_partials(out):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}{os.getpid()}-", dir=out.parent))
@@ -246,7 +273,13 @@ def build_database_from_split(
 
 
 def _write_faiss_index(path: Path, index: faiss.Index) -> None:
-    faiss.write_index(index, str(path))
+    # serialised by faiss in memory, written by Python: a full disk is an OSError naming the file
+    data = faiss.serialize_index(index)
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data.tobytes())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     fsync_file(path)
 
 
@@ -280,6 +313,11 @@ def _load_npy(folder: Path, name: str, dtype: type, shape: tuple[int | None, ...
         raise VgsslError(f"{path}: expected a {want} {np.dtype(dtype).name} array, got "
                          f"{getattr(array, 'dtype', type(array).__name__)} {getattr(array, 'shape', '')}; rebuild it")
     return array
+
+
+def _all_finite(array: np.ndarray, rows: int = 65536) -> bool:
+    """In blocks of rows: a memory-mapped map is checked without loading it whole."""
+    return all(np.isfinite(array[i:i + rows]).all() for i in range(0, len(array), rows))
 
 
 def _load_json(folder: Path, name: str) -> Any:
@@ -340,6 +378,8 @@ class MapDatabase:
         describe the queries (None: do not check); ``ckpt_label`` names it in the error.
         """
         path = Path(path)
+        if not path.exists() and restore_retired(path) is not None:
+            log.warning(f"note: {path} was restored from the copy an interrupted 'vgssl build-db' retired")
         if not (path / "manifest.json").is_file():
             if path.is_dir() and any(path.iterdir()) or path.is_file():
                 raise VgsslError(f"{path}: not a vgssl database (no manifest.json); build one with 'vgssl build-db'")
@@ -351,6 +391,9 @@ class MapDatabase:
         desc = _load_npy(path, "descriptors.npy", np.float32, (n, dim), mmap=approximate)
         utm = _load_npy(path, "utm.npy", np.float64, (n, 2))
         latlon = _load_npy(path, "latlon.npy", np.float64, (n, 2))
+        for name, values in (("descriptors.npy", desc), ("utm.npy", utm)):
+            if not _all_finite(values):
+                raise VgsslError(f"{path / name}: holds NaN or infinite values; rebuild the database")
         ids = _load_json(path, "ids.json")
         if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, str) for i in ids):
             raise VgsslError(f"{path / 'ids.json'}: expected a list of {n} strings; rebuild the database")

@@ -34,8 +34,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or KEY not in ckpt or "state_dict" not in ckpt:
         raise VgsslError(f"{path}: not a vgssl checkpoint (no '{KEY}' model config inside)")
     meta = ckpt[KEY]
-    if meta.get("format", 0) > FORMAT_VERSION:
-        raise VgsslError(f"{path}: checkpoint format {meta.get('format')} is newer than this vgssl supports ({FORMAT_VERSION})")
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config", {}), dict):
+        raise VgsslError(f"{path}: not a vgssl checkpoint (its '{KEY}' entry is not a mapping)")
+    version = meta.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise VgsslError(f"{path}: checkpoint format {version!r} is not a version number")
+    if version > FORMAT_VERSION:
+        raise VgsslError(f"{path}: checkpoint format {version} is newer than this vgssl supports ({FORMAT_VERSION})")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise VgsslError(f"{path}: checkpoint 'state_dict' is not a mapping of weights")
     return ckpt
 
 

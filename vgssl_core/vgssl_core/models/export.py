@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from vgssl_core import __version__
-from vgssl_core.io import file_sha256
+from vgssl_core.io import file_sha256, fsync_dir, fsync_file, remove_stale_temporaries, temp_prefix
 from vgssl_core.errors import VgsslError
 from vgssl_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -101,7 +101,10 @@ def _sample(batch: int, size: list[int], seed: int) -> Tensor:
 def _export_torchscript(module: nn.Module, example: Tensor, out: Path) -> None:
     with _quiet_exporters(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
-        torch.jit.save(traced, str(out))
+        buffer = io.BytesIO()  # saved in memory, written by Python: a full disk is an OSError, not an abort
+        torch.jit.save(traced, buffer)
+    with open(out, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def _export_onnx(module: nn.Module, example: Tensor, out: Path, dynamic: bool) -> None:
@@ -154,7 +157,7 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         raise VgsslError(f"DeiT needs height and width divisible by 16, got {size[0]}x{size[1]}")
     module = SearchDescriptor(model.float().eval()).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = out.with_name(f"{temp_prefix(out)}partial")
     example = _sample(2, size, seed=0)
     try:
         if fmt == "torchscript":
@@ -178,6 +181,9 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
                 raise VgsslError(f"exported {fmt} model differs from the checkpoint by {worst:.2e} at input "
                                  f"{check_size[0]}x{check_size[1]} (tolerance {tolerance:g})"
                                  + ("; export without --dynamic" if i else ""))
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(out)) from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -206,9 +212,18 @@ def export_model(ckpt: str | Path, fmt: str, out: str | Path, *, dynamic: bool =
         "check": check,
     }
     side_partial = sidecar_path(partial)
-    side_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
+    try:
+        side_partial.write_text(json.dumps(sidecar, indent=2) + "\n")
+        fsync_file(partial)
+        fsync_file(side_partial)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        side_partial.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(sidecar_path(out))) from exc
     os.replace(partial, out)  # a moment with the new file and the old sidecar: its sha256 refuses it
     os.replace(side_partial, sidecar_path(out))
+    fsync_dir(out.parent)
+    remove_stale_temporaries(out)
     return sidecar
 
 

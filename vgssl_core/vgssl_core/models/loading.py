@@ -39,7 +39,11 @@ def load_descriptor_model(
     legacy = {"head_bias_before_bn": True, "head_final_bias": True}
     cfg = resolve_model_config({**legacy, **cfg, "weights": "random"})
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that disagree with the stored config
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
+        raise VgsslError(f"{ckpt}: weights do not match the model config stored in it ({detail[:200]})") from None
     if missing or unexpected:
         raise VgsslError(
             f"{ckpt}: weights do not match the model config stored in it "

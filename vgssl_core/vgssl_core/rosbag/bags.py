@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -205,6 +206,7 @@ class BagReader:
         except Exception as exc:
             self.close()
             raise _open_error(self.path, exc) from None
+        self._missing: dict[str, int] = {}
         inner = self._reader.storage  # a DirectoryReader over storage files, or one storage file's reader
         kind = type((getattr(inner, "storages", None) or [inner])[0]).__name__.lower()
         self.storage = "mcap" if "mcap" in kind else "sqlite3" if "sqlite" in kind else kind
@@ -231,6 +233,11 @@ class BagReader:
         if topic is None:
             return sum(self._counts.values())
         return self._counts.get(topic, 0)
+
+    def missing(self, topic: str) -> int:
+        """Messages of ``topic`` that the bag's index announces but the last complete read of the
+        topic did not return (a corrupt or truncated storage file the reader skipped silently)."""
+        return self._missing.get(topic, 0)
 
     @property
     def duration_s(self) -> float:
@@ -295,15 +302,20 @@ class BagReader:
         if not connections:
             return
         count = 0
+        per_topic: Counter = Counter()
         try:
             for conn, stamp, raw in self._reader.messages(connections, start=start_ns, stop=stop_ns):
                 count += 1
+                per_topic[conn.topic] += 1
                 yield BagMessage(conn.topic, conn.msgtype, int(stamp), raw)
         except VgsslError:
             raise
         except Exception as exc:
             raise BagReadError(f"{self.path}: bag unreadable after {count} messages, truncated or corrupt "
                                f"({type(exc).__name__}: {_first_line(exc)})") from None
+        if start_ns is None and stop_ns is None:  # a whole read: compare with what the index announced
+            for topic in {c.topic for c in connections}:
+                self._missing[topic] = max(self._counts.get(topic, 0) - per_topic[topic], 0)
 
     def deserialize(self, message: BagMessage) -> Any:
         """The ``rosbags`` message object of a raw message (its fields as in ROS)."""

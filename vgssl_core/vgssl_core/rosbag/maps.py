@@ -64,6 +64,8 @@ def select_mapping_frames(bag: BagReader, image_topic: str, gnss_topic: str, *, 
         indices.append(frame.index)
         stamps.append(frame.stamp_ns)
         positions.append(pending.pop(frame.index))
+    if bag.missing(image_topic):  # announced by the bag's index, never read: say so, never a silent map
+        skipped["unreadable_in_bag"] = bag.missing(image_topic)
     utm = np.array(positions, dtype=np.float64).reshape(-1, 2)
     return BagSelection(indices, stamps, utm, track.zone, track.letter, dict(sorted(skipped.items())), n_images,
                         track.summary())

@@ -232,6 +232,12 @@ class Replay:
             "seconds": round(seconds, 3), "frames_per_s": round(len(frames) / seconds, 2) if seconds > 0 else None,
             "warnings": list(self.warnings), "vgssl_version": __version__,
         }
+        for topic in (self.image_topic, self.gnss_topic):
+            lost = self.bag.missing(topic)
+            if lost:  # the storage file lost messages its index announces: the report does not cover the bag
+                report["complete"] = False
+                report["warnings"].append(f"{lost} of {self.bag.message_count(topic)} messages of {topic} could not "
+                                          f"be read (corrupt or truncated bag); the report covers the rest")
         if localized:
             lat = np.array([f.latency_s for f in localized]) * 1e3
             report["latency_ms"] = percentiles(lat)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from vgssl_core.errors import VgsslError
 from vgssl_core.data.geo import format_image_name, utm_to_latlon
 from vgssl_core.synth.captures import Capture, plan_captures
+from vgssl_core.data.dataset import IN_PROGRESS
 from vgssl_core.synth.city import LETTER, ZONE, City, blocks_for_length
 from vgssl_core.synth.classes import CLASS_NAMES
 from vgssl_core.synth.conditions import sample_condition
@@ -31,7 +32,6 @@ GENERATOR = "vgssl synth"
 FORMAT_VERSION = 1
 JPEG_QUALITY = 90
 DEFAULT_SIZE = (160, 120)
-IN_PROGRESS = ".synth-in-progress"
 OWNED = ("images", "masks", "classes.json", "world.json", IN_PROGRESS)
 ROLE_FOLDER = {"database": "database", "query": "queries"}
 ROLE_ID = {"database": 0, "query": 1}

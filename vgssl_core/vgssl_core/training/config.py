@@ -190,6 +190,52 @@ def _augment_as_mapping(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise VgsslError(f"config key '{key}' must be a whole number, got {value!r}")
+    return int(value)
+
+
+# (section, key, smallest allowed value, None allowed, -1 allowed (Lightning's "no limit")):
+# every count is checked here, so a bad one fails before training, not after an epoch
+INT_KEYS = [("data", "batch_size", 1, False, False), ("data", "workers", 0, False, False),
+            ("data", "queries_per_epoch", 1, True, False),
+            ("trainer", "max_epochs", 1, False, True), ("trainer", "max_steps", 1, False, True),
+            ("trainer", "val_every_n_epochs", 1, False, False), ("trainer", "eval_batch_size", 1, False, False),
+            ("trainer", "num_nodes", 1, False, False), ("trainer", "seed", 0, False, False),
+            ("mining", "cache_refresh_queries", 1, False, False), ("mining", "db_subset", 1, False, False),
+            ("mining", "negatives_per_query", 1, False, False), ("optim", "warmup_steps", 0, False, False)]
+# (section, key, lower bound, bound allowed): floats already parsed by ``_float``
+FLOAT_KEYS = [("optim", "lr", 0.0, False), ("optim", "weight_decay", 0.0, True), ("optim", "momentum", 0.0, True),
+              ("data", "db_negative_ratio", 0.0, True), ("data", "train_radius_m", 0.0, False),
+              ("data", "eval_radius_m", 0.0, False), ("mining", "margin", 0.0, True)]
+
+
+def _check_numbers(cfg: dict[str, Any]) -> None:
+    """Types and ranges of every numeric key (one pass, before any work)."""
+    import math
+
+    for section, key, low, none_ok, minus_one_ok in INT_KEYS:
+        value = cfg[section][key]
+        if value is None and none_ok:
+            continue
+        number = _int(value, f"{section}.{key}")
+        if number < low and not (minus_one_ok and number == -1):
+            extra = " (or -1: no limit)" if minus_one_ok else ""
+            raise VgsslError(f"config key '{section}.{key}' must be >= {low}{extra}, got {number}")
+        cfg[section][key] = number
+    for section, key, low, equal_ok in FLOAT_KEYS:
+        value = cfg[section][key]
+        if not math.isfinite(value) or value < low or (value == low and not equal_ok):
+            raise VgsslError(f"config key '{section}.{key}' must be a finite number {'>=' if equal_ok else '>'} "
+                             f"{low:g}, got {value!r}")
+    clip = cfg["optim"]["grad_clip"]
+    if clip is not None:
+        clip = cfg["optim"]["grad_clip"] = _float(clip, "optim.grad_clip")
+        if not math.isfinite(clip) or clip <= 0:
+            raise VgsslError(f"config key 'optim.grad_clip' must be null or a finite number > 0, got {clip!r}")
+
+
 def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults <- preset <- overrides, validated; the method and model parts by their own resolvers."""
     from vgssl_core.methods import canonical_method_name, model_config_for_method, resolve_method_config
@@ -203,6 +249,7 @@ def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | 
     for section, key in (("optim", "lr"), ("optim", "weight_decay"), ("data", "db_negative_ratio"),
                          ("data", "train_radius_m"), ("data", "eval_radius_m"), ("mining", "margin")):
         cfg[section][key] = _float(cfg[section][key], f"{section}.{key}")
+    _check_numbers(cfg)
     checks = [("mining.mode", cfg["mining"]["mode"], MINING_MODES),
               ("trainer.precision", str(cfg["trainer"]["precision"]), PRECISIONS),
               ("optim.name", cfg["optim"]["name"], OPTIMIZERS),

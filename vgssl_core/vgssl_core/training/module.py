@@ -212,7 +212,17 @@ class VgsslModule(pl.LightningModule):
         self.data_history = list(data.get("history", []))
         if self.sampler is None and data.get("miner") is not None:
             self.miner.load_state_dict(data["miner"])
-        theirs = checkpoint.get(KEY, {}).get("model_config")
-        if theirs is not None and theirs != self.cfg["model"]:
-            diff = sorted(k for k in set(theirs) | set(self.cfg["model"]) if theirs.get(k) != self.cfg["model"].get(k))
-            raise VgsslError(f"--resume checkpoint was trained with a different model (differs in: {', '.join(diff)})")
+        check_resumable(checkpoint, self.cfg)
+
+
+def check_resumable(checkpoint: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another method or model: its weights and optimiser state
+    would not fit (``train`` calls this before it touches the run folder)."""
+    meta = checkpoint.get(KEY, {})
+    if meta.get("method") not in (None, cfg["method"]):
+        raise VgsslError(f"--resume checkpoint was trained with method '{meta['method']}', the config says "
+                         f"'{cfg['method']}'; use the run's own config or a new --out")
+    theirs = meta.get("model_config")
+    if theirs is not None and theirs != cfg["model"]:
+        diff = sorted(k for k in set(theirs) | set(cfg["model"]) if theirs.get(k) != cfg["model"].get(k))
+        raise VgsslError(f"--resume checkpoint was trained with a different model (differs in: {', '.join(diff)})")

@@ -102,17 +102,33 @@ def read_run(run_dir: str | Path) -> Run:
     cfg = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     if not isinstance(test, dict) or not isinstance(test.get("recall"), dict):
         raise VgsslError(f"{run_dir / 'test.json'}: no 'recall' in it; not a vgssl eval report")
-    method = cfg.get("method") or "unknown"
     attention = None
     if (run_dir / "attention.json").is_file():
         attention = _read_json(run_dir / "attention.json")
-    data_root = str(test.get("data", ""))
-    seed = (cfg.get("trainer") or {}).get("seed")
-    return Run(path=run_dir, strategy=cfg.get("name") or method, method=method, label=method_label(cfg),
-               category=CATEGORIES.get(method, "other"), dataset=Path(data_root).name or "?", data_root=data_root,
-               split=str(test.get("split", "test")), seed=None if seed is None else int(seed),
-               recall={str(k): float(v) for k, v in test["recall"].items()}, attention=attention,
-               init=init_label(test.get("init")))
+    try:  # hand-edited files: a wrong type is named here, not a traceback in the table
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("trainer") or {}, dict):
+            raise TypeError("config.json is not a mapping of sections")
+        if attention is not None and not (isinstance(attention, dict) and all(
+                attention.get(k) is None or isinstance(attention[k], (int, float))
+                for k in ("geo_share", "geo_lift", "transient_share"))):
+            raise TypeError("attention.json: geo_share / geo_lift / transient_share must be numbers")
+        method = str(cfg.get("method") or "unknown")
+        data_root = str(test.get("data", ""))
+        seed = (cfg.get("trainer") or {}).get("seed")
+        return Run(path=run_dir, strategy=str(cfg.get("name") or method), method=method, label=method_label(cfg),
+                   category=CATEGORIES.get(method, "other"), dataset=Path(data_root).name or "?",
+                   data_root=data_root, split=str(test.get("split", "test")),
+                   seed=None if seed is None else _whole(seed),
+                   recall={str(k): float(v) for k, v in test["recall"].items()}, attention=attention,
+                   init=init_label(test.get("init")))
+    except (TypeError, ValueError) as exc:
+        raise VgsslError(f"{run_dir}: run files with wrong types ({exc}); restore them or train the run again") from None
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"seed must be a whole number, got {value!r}")
+    return int(value)
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:

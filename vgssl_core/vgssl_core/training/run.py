@@ -9,8 +9,10 @@ evaluation written as ``RUN_DIR/test.json`` in the ``vgssl eval`` JSON format.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -25,8 +27,8 @@ from vgssl_core.errors import VgsslError
 from vgssl_core.evaluation.split import evaluate_split
 from vgssl_core.models.loading import load_descriptor_model
 from vgssl_core.models.weights import init_record
-from vgssl_core.io import torch_save, write_json
-from vgssl_core.training.module import VgsslModule
+from vgssl_core.io import torch_save, write_json, write_text
+from vgssl_core.training.module import VgsslModule, check_resumable
 
 log = logging.getLogger("vgssl")
 
@@ -83,15 +85,70 @@ class ValidateAndCheckpoint(pl.Callback):
         # a run stopped by max_steps mid-epoch still leaves its final weights
         trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
 
+    def on_exception(self, trainer: pl.Trainer, module: VgsslModule, exception: BaseException) -> None:
+        # Ctrl-C: keep what was learnt so far (Lightning then exits; ``train`` reports it)
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
+            self.interrupted_at = trainer.global_step
 
-def _loggers(cfg: dict[str, Any], run_dir: Path) -> list:
+
+def _appending_csv_logger(run_dir: Path, resume_step: int):
+    """Lightning's CSV logger, except that ``logs/metrics.csv`` grows across resumes.
+
+    Lightning deletes an existing ``metrics.csv``; here its rows are kept (those at or after the
+    resumed step are dropped: the resumed run logs them again) and new rows are appended under
+    the same header.
+    """
     from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            path = Path(self.metrics_file_path)
+            if not path.is_file():
+                return
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                keys, rows = list(reader.fieldnames or []), list(reader)
+            rows = [r for r in rows if _step(r) < resume_step]
+            self.metrics_keys = keys
+            text = _csv_text(keys, rows)
+            write_text(path, text)
+
+    class AppendingCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return AppendingCSVLogger(str(run_dir), name="logs", version="")
+
+
+def _step(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return float("nan")
+
+
+def _csv_text(keys: list[str], rows: list[dict[str, str]]) -> str:
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _loggers(cfg: dict[str, Any], run_dir: Path, resume_step: int = 0) -> list:
     wanted = cfg["trainer"]["loggers"] or []
     out: list = []
     for name in wanted:
         if name == "csv":
-            out.append(CSVLogger(str(run_dir), name="logs", version=""))
+            out.append(_appending_csv_logger(run_dir, resume_step))
         elif name == "tensorboard":
             try:
                 from pytorch_lightning.loggers import TensorBoardLogger
@@ -140,8 +197,14 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
           progress: bool = True) -> dict[str, Any]:
     """Train one strategy; returns the summary also written to ``RUN_DIR/summary.json``."""
     run_dir = Path(run_dir)
+    resume_step = 0  # logged rows from this step on are the new run's (all of them without --resume)
     if resume is not None:
-        read_checkpoint(resume)  # a missing / truncated / foreign file fails here, before anything is written
+        # a missing / truncated / foreign file, or one of another model, fails here: the run
+        # folder (config.json, logs) changes only once the resume is accepted
+        resumed = read_checkpoint(resume)
+        check_resumable(resumed, cfg)
+        resume_step = int(resumed.get("global_step", 0))
+        del resumed
     elif (run_dir / "last.ckpt").exists():
         raise VgsslError(f"{run_dir} already holds a run (last.ckpt); use --resume {run_dir / 'last.ckpt'} or a new --out")
     trainer_cfg = cfg["trainer"]
@@ -174,7 +237,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
             precision=trainer_cfg["precision"],
             gradient_clip_val=cfg["optim"]["grad_clip"],
             deterministic=bool(trainer_cfg["deterministic"]),
-            logger=_loggers(cfg, run_dir) or False,
+            logger=_loggers(cfg, run_dir, resume_step) or False,
             callbacks=[callback],
             enable_checkpointing=False,
             enable_progress_bar=progress,
@@ -187,7 +250,13 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
             plugins=[SafeCheckpointIO()],
         )
         start = time.perf_counter()
-        trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
+        try:
+            trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
+        except SystemExit:  # Lightning's answer to Ctrl-C (after ``on_exception``)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left it ignored
+            step = getattr(callback, "interrupted_at", None)
+            where = f"; step {step} saved in {run_dir / 'last.ckpt'} (--resume it)" if step else ""
+            raise KeyboardInterrupt(f"interrupted{where}") from None
     seconds = time.perf_counter() - start
     summary: dict[str, Any] = {"run_dir": str(run_dir), "method": cfg["method"], "name": cfg.get("name"),
                                "epochs": trainer.current_epoch, "steps": trainer.global_step,
