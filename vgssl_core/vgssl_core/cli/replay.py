@@ -15,7 +15,7 @@ from vgssl_core.cli.common import (
     add_common, finish, format_recall, nonnegative_float, parse_floats, parse_ns, positive_float, positive_int,
     registrar,
 )
-from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.errors import VgsslError
 from vgssl_core.rosbag.gnss import GNSS_TOLERANCE_S
 COMMANDS: list = []
