@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, parse_ns, positive_float, registrar
-from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []

@@ -54,7 +54,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.errors import VgsslError
 
 METHODS = ("none", "bayes")
