@@ -73,7 +73,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         if not pid_text.isdigit() or not (".tmp" in rest or ".partial" in rest):
             continue
         pid = int(pid_text)
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue  # still being written
         try:
             sibling.unlink()
@@ -87,7 +87,8 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a writer whose leftovers must not be removed yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -41,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vgssl_core import __version__
-from vgssl_core.io import file_sha256, fsync_dir, fsync_file, save_npy, write_json
+from vgssl_core.io import file_sha256, fsync_dir, fsync_file, pid_alive, save_npy, write_json
 from vgssl_core.data.dataset import load_image, load_split
 from vgssl_core.evaluation.descriptors import describe_images
 from vgssl_core.errors import VgsslError
@@ -75,23 +75,13 @@ def _check_target(out: Path) -> None:
                          "choose another --out or empty it")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_partials(out: str | Path) -> list[Path]:
     """Leftovers of interrupted builds of ``out`` (their process is gone): safe to delete."""
     out = Path(out)
     stale = []
     for sibling in out.parent.glob(f".{out.name}{PARTIAL}*"):
         pid_text = sibling.name[len(f".{out.name}{PARTIAL}"):].split("-", 1)[0]
-        if not (pid_text.isdigit() and _pid_alive(int(pid_text))):
+        if not (pid_text.isdigit() and pid_alive(int(pid_text))):
             stale.append(sibling)
     if out.exists():  # a retired copy is stale only once a database stands under the name again
         stale.extend(out.parent.glob(f".{out.name}{RETIRED}*"))
@@ -111,7 +101,7 @@ def restore_retired(out: str | Path) -> Path | None:
     copies = []
     for sibling in out.parent.glob(f".{out.name}{RETIRED}*"):
         pid_text, _, ns_text = sibling.name[len(f".{out.name}{RETIRED}"):].partition("-")
-        if pid_text.isdigit() and _pid_alive(int(pid_text)) or not (sibling / "manifest.json").is_file():
+        if pid_text.isdigit() and pid_alive(int(pid_text)) or not (sibling / "manifest.json").is_file():
             continue
         copies.append((int(ns_text) if ns_text.isdigit() else 0, sibling))
     if not copies:
