@@ -119,7 +119,8 @@ def test_an_empty_track_has_no_position_anywhere():
 
 
 def test_a_header_stamp_of_zero_falls_back_to_the_bag_stamp(tmp_path):
-    from vgssl_core.rosbag.bags import BagReader, BagWriter
+    from vgssl_core.rosbag.bags import BagReader
+    from vgssl_core.rosbag.writer import BagWriter
 
     with BagWriter(tmp_path / "b") as bag:
         bag.write_navsat("/fix", 0, 45.0, 7.7, bag_stamp_ns=5 * S)

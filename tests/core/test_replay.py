@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from testkit import run_cli
-from vgssl_core.rosbag.bags import BagReader, BagWriter
+from vgssl_core.rosbag.bags import BagReader
+from vgssl_core.rosbag.writer import BagWriter
 from vgssl_core.data.geo import format_image_name, utm_to_latlon
 from vgssl_core.localization.localizer import Localizer
 from vgssl_core.rosbag.replay import run_replay

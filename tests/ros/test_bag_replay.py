@@ -23,7 +23,8 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
 from testkit import run_cli
-from vgssl_core.rosbag.bags import IMAGE, BagReader, BagWriter
+from vgssl_core.rosbag.bags import IMAGE, BagReader
+from vgssl_core.rosbag.writer import BagWriter
 from vgssl_ros.messages import image_to_rgb
 
 REPO = Path(__file__).resolve().parents[2]

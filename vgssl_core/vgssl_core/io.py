@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -194,17 +194,19 @@ def file_sha256(path: str | Path) -> str:
 
 
 # --- the guard every command runs on its outputs before any work ------------------------------
-OUTPUT_KINDS = ("json", "npz", "export", "png")
+OUTPUT_KINDS = ("json", "npz", "png")  # others: the caller says what is ours (``ours=``)
 
 
-def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), kind: str = "json") -> Path:
+def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), kind: str = "json",
+                 ours: Callable[[Path], bool] | None = None) -> Path:
     """Refuse, before any work, an output that would destroy something or could not be written.
 
     Refused: ``path`` is one of the command's ``inputs`` (or the same file under another name);
     it exists and is not a vgssl output of this ``kind`` (a checkpoint, an image, someone's
-    notes); it is a folder; its folder lies under a file or cannot be written.
+    notes); it is a folder; its folder lies under a file or cannot be written. ``ours`` tells a
+    file of another ``kind`` (an export, which only its module can recognise) from a foreign one.
     """
-    if kind not in OUTPUT_KINDS:
+    if kind not in OUTPUT_KINDS and ours is None:
         raise ValueError(f"unknown output kind {kind!r}")
     path = Path(path)
     for given in inputs:
@@ -219,7 +221,7 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), 
         raise VgsslError(f"{path}: cannot be written: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise VgsslError(f"{path}: cannot be written: folder {folder} is not writable")
-    if path.exists() and not _is_ours(path, kind):
+    if path.exists() and not (ours(path) if ours is not None else _is_ours(path, kind)):
         raise VgsslError(f"{path}: exists and is not a vgssl {kind} output; refusing to overwrite it "
                          f"(remove it or give another path)")
     return path
@@ -245,10 +247,6 @@ def _is_ours(path: Path, kind: str) -> bool:
         if kind == "png":
             with open(path, "rb") as fh:
                 return fh.read(8) == b"\x89PNG\r\n\x1a\n"
-        if kind == "export":
-            from vgssl_core.models.export import is_exported
-
-            return is_exported(path)
     except (OSError, ValueError, UnicodeDecodeError, VgsslError, EOFError):
         return False
     except Exception:  # np.load of a foreign zip and the like

@@ -55,7 +55,6 @@ start with one line naming the path (exit status 2). Ctrl-C exits with status 0.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, parse_ns, positive_float, registrar

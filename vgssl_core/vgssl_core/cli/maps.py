@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from vgssl_core.cli.common import (
-    add_common, add_runtime, finish, nonnegative_float, parse_ns, positive_float, positive_int, registrar,
+    add_common, add_runtime, finish, nonnegative_float, positive_float, positive_int, registrar,
 )
 from vgssl_core.errors import VgsslError
 

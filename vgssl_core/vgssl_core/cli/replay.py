@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from vgssl_core.cli.common import (
-    add_common, finish, format_recall, nonnegative_float, parse_floats, parse_ns, positive_float, positive_int,
+    add_common, finish, nonnegative_float, parse_floats, parse_ns, positive_float, positive_int,
     registrar,
 )
 from vgssl_core.data.geo import EVAL_RADIUS_M

@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, parse_ns, positive_int, registrar
+from vgssl_core.cli.common import add_common, finish, parse_ns, positive_int, registrar
 from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []
@@ -247,9 +247,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
          _export_args)
 def run_export(args: argparse.Namespace) -> int:
     from vgssl_core.io import check_output
-    from vgssl_core.models.export import export_model, sidecar_path
+    from vgssl_core.models.export import export_model, is_exported, sidecar_path
 
-    check_output(args.out, inputs=[args.ckpt], kind="export")
+    check_output(args.out, inputs=[args.ckpt], kind="export", ours=is_exported)
     check_output(sidecar_path(args.out), inputs=[args.ckpt], kind="json")
     if (args.height is None) != (args.width is None):
         raise VgsslError("give both --height and --width, or neither")

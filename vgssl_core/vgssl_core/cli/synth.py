@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from vgssl_core.cli.common import add_common, finish, registrar
 from vgssl_core.errors import VgsslError

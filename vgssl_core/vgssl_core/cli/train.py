@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, positive_int, registrar
-from vgssl_core.errors import VgsslError
 
 COMMANDS: list = []
 command = registrar(COMMANDS)

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from scipy.spatial import cKDTree
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M, GeoTag, is_image_file, parse_image_name
+from vgssl_core.data.geo import GeoTag, is_image_file, parse_image_name
 
 SPLITS = ("train", "val", "test")
 

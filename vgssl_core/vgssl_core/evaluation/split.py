@@ -8,7 +8,6 @@ the contract other tools check against (the npz holds descriptors exactly as sea
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from vgssl_core import __version__
 from vgssl_core.data.dataset import GeoSplit
 from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.evaluation.descriptors import extract_descriptors
-from vgssl_core.errors import VgsslError
 from vgssl_core.io import save_npz
 from vgssl_core.evaluation.search import prepare
 from vgssl_core.evaluation.recall import DEFAULT_NS, RetrievalResult, evaluate_retrieval

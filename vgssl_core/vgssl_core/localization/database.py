@@ -31,23 +31,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterable, Sequence
 
 import faiss
 import numpy as np
 import torch
 import utm as utm_lib
-from PIL import Image
-from tqdm import tqdm
 
 from vgssl_core import __version__
 from vgssl_core.io import file_sha256, fsync_dir, fsync_file, pid_alive, save_npy, write_json
-from vgssl_core.data.dataset import load_image, load_split
-from vgssl_core.evaluation.descriptors import describe_images
+from vgssl_core.data.dataset import load_split
+from vgssl_core.evaluation.descriptors import ImageSource, describe_images
 from vgssl_core.errors import VgsslError
 from vgssl_core.data.geo import utm_to_latlon
 from vgssl_core.evaluation.search import INDEX_TYPES, METRICS, ApproximateIndex, ExactIndex, build_ann_index, prepare, resolve_index_spec
-from vgssl_core.data.transforms import eval_transform
 
 log = logging.getLogger("vgssl")
 FORMAT = "vgssl-mapdb"

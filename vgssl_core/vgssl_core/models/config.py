@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vgssl_core.errors import ConfigError, VgsslError
+from vgssl_core.errors import ConfigError
 from vgssl_core.options import fill_defaults
 
 

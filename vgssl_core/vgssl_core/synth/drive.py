@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vgssl_core.rosbag.bags import STATUS_FIX, STATUS_NO_FIX, BagReader, BagWriter, GENERATOR_KEY, is_bag_folder
+from vgssl_core.rosbag.bags import GENERATOR_KEY, STATUS_FIX, STATUS_NO_FIX, BagReader
+from vgssl_core.rosbag.writer import BagWriter, is_bag_folder
 from vgssl_core.errors import VgsslError
 from vgssl_core.data.geo import utm_to_latlon
 from vgssl_core.synth import PRESETS, SPLITS, City, Condition, sample_condition
