@@ -26,8 +26,19 @@ def commands() -> dict[str, Command]:
     return {c.name: c for group in GROUPS for c in group.COMMANDS}
 
 
+class UsageError(Exception):
+    """A bad command line, found by argparse: reported as one line, like every other user error."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr (``vgssl CMD: error: ...``), exit 2, no usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message} (see: {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vgssl", description="Self-supervised visual geo-localization")
+    parser = Parser(prog="vgssl", description="Self-supervised visual geo-localization")
     parser.add_argument("--version", action="version", version=f"vgssl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for c in commands().values():
@@ -40,12 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("faiss", "pytorch_lightning", "lightning_fabric", "lightning"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may sit anywhere among the options (argparse keeps positionals together)
-    if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may sit anywhere among the options (argparse keeps positionals together)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         check_outputs(args)  # before the work, not after it
         return commands()[args.command].run(args)
