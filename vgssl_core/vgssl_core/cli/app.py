@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from vgssl_core import __version__
-from vgssl_core.cli import evaluate, maps, replay, results, synth, train
+from vgssl_core.cli import calibrate, evaluate, maps, replay, results, synth, train
 from vgssl_core.cli.common import Command
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError, user_message
 
 # The command groups, in the order ``vgssl --help`` lists them.
-GROUPS = (synth, evaluate, train, maps, replay, results)
+GROUPS = (synth, evaluate, train, maps, replay, calibrate, results)
 
 
 def commands() -> dict[str, Command]:
