@@ -44,12 +44,12 @@ def test_a_calibration_fitted_on_one_drive_holds_on_another():
     other = drive(2000, seed=2)
     p = cal.probability(other.features)
     before = measure(other.confidence, other.errors, other.covariances, THRESHOLD)
-    after = measure(p, other.errors, cal.covariance(other.covariances), THRESHOLD)
+    after = measure(p, other.errors, cal.covariance(other.covariances, p), THRESHOLD)
     assert after["ece"] <= 0.05 < before["ece"]
     assert after["brier"] < before["brier"]
     # the raw covariance is 2.5 x too narrow: its ellipses hold far too few errors; the fitted scale fixes that
     assert before["coverage_2sigma"] < 0.5 and before["mean_nees"] > 4
-    assert cal.covariance_scale == pytest.approx(2.5**2, rel=0.2)
+    assert cal.covariance_scale == pytest.approx(2.5**2, rel=0.2) and cal.covariance_doubt_m2 < 10.0
     assert 0.80 <= after["coverage_2sigma"] <= 0.92
     assert abs(after["coverage_1sigma"] - NOMINAL_1SIGMA) < 0.05
     assert after["mean_nees"] == pytest.approx(2.0, rel=0.2)
@@ -72,7 +72,7 @@ def test_the_file_is_plain_json_and_reloads_to_the_same_model(tmp_path):
     loaded = Calibration.load(path)
     x = drive(50, seed=5).features
     assert np.allclose(loaded.probability(x), cal.probability(x))
-    assert loaded.covariance_scale == cal.covariance_scale
+    assert (loaded.covariance_scale, loaded.covariance_doubt_m2) == (cal.covariance_scale, cal.covariance_doubt_m2)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -147,3 +147,87 @@ def test_fixes_kept_at_95_percent_precision():
     # the most fixes at >= 95 %: down to 0.7, 29 right of 30 (96.7 %); one wrong fix more drops it to 93.5 %
     assert pr["kept_at_95_precision"] == 30 and pr["threshold_at_95_precision"] == pytest.approx(0.7)
     assert pr["precision"][19] == pytest.approx(0.95) and pr["recall"][-1] == 1.0
+
+
+# --- end to end: replay, calibrate, replay another drive with it ----------------------------
+DRIVE_FRAMES = 150
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_world, tiny_model, tmp_path_factory):
+    """Two drives of the tiny world's test district (day / dusk-fog), the first replayed and calibrated."""
+    from testkit import run_cli
+
+    model = tiny_model(64, 96)
+    root = tmp_path_factory.mktemp("calibration")
+    for name, condition, seed in (("day", "day,clear", 1), ("dusk", "dusk,fog", 2)):
+        assert run_cli("synth", "--bag", root / name, "--world", tiny_world, "--condition", condition,
+                       "--drive-seed", seed, "--rate", 4, "--max-frames", DRIVE_FRAMES, "--quiet") == 0
+    assert run_cli("replay", "--bag", root / "day", "--db", model.db, "--ckpt", model.ckpt, "--out", root / "r_day",
+                   "--fusion", "none", "--device", "cpu", "--gnss-topic", "/gnss/fix", "--quiet") == 0
+    assert run_cli("calibrate", "--replay", root / "r_day", "--out", root / "calibration.json") == 0
+    return model, root
+
+
+def test_a_replay_with_a_calibration_publishes_and_reports_the_calibrated_outputs(calibrated):
+    from testkit import run_cli
+    from vgssl_core.io import file_sha256
+
+    model, root = calibrated
+    cal = Calibration.load(root / "calibration.json")
+    assert cal.checkpoint_sha256 == file_sha256(model.ckpt) and cal.fusion == "none" and cal.top_k == 5
+    out = root / "r_dusk"
+    assert run_cli("replay", "--bag", root / "dusk", "--db", model.db, "--ckpt", model.ckpt, "--out", out,
+                   "--fusion", "none", "--device", "cpu", "--gnss-topic", "/gnss/fix", "--quiet",
+                   "--calibration", root / "calibration.json") == 0
+    report = json.loads((out / "report.json").read_text())
+    section = report["calibration"]
+    assert section["file"] == str(root / "calibration.json")
+    for label in ("raw", "calibrated"):
+        m = section[label]
+        assert m["n"] == report["n_frames"] == DRIVE_FRAMES
+        assert 0 <= m["ece"] <= 1 and 0 <= m["coverage_1sigma"] <= m["coverage_2sigma"] <= 1 and m["mean_nees"] > 0
+    assert "## Calibration" in (out / "report.md").read_text() and (out / "calibration.png").stat().st_size > 0
+    with np.load(out / "frames.npz") as f:
+        ok, k = f["evaluated"], cal.top_k
+        # what the robot receives is the calibration applied to the frame's own evidence
+        x = feature_matrix(f["raw_output_confidence"][ok], f["agreement"][ok], f["ratio"][ok], f["spread_m"][ok],
+                           f["distances"][ok, :k])
+        assert np.allclose(f["output_confidence"][ok], cal.probability(x))
+        assert np.allclose(f["output_covariance"][ok], cal.covariance(f["raw_output_covariance"][ok], cal.probability(x)))
+        assert np.allclose(f["output_error_m"][ok], np.linalg.norm(f["output_utm"][ok] - f["gt_utm"][ok], axis=1))
+        # and the report's raw numbers are those of the uncalibrated outputs
+        raw = measure(f["raw_output_confidence"][ok], f["raw_output_utm"][ok] - f["gt_utm"][ok],
+                      f["raw_output_covariance"][ok], THRESHOLD)
+        assert raw["ece"] == pytest.approx(section["raw"]["ece"])
+
+
+def test_a_calibration_made_for_another_checkpoint_stops_the_replay_in_one_line(calibrated, capsys):
+    from testkit import run_cli
+
+    model, root = calibrated
+    data = json.loads((root / "calibration.json").read_text())
+    data["checkpoint_sha256"] = "0" * 64
+    (root / "other.json").write_text(json.dumps(data))
+    args = ("replay", "--bag", root / "dusk", "--db", model.db, "--ckpt", model.ckpt, "--fusion", "none",
+            "--device", "cpu", "--gnss-topic", "/gnss/fix", "--quiet", "--calibration", root / "other.json")
+    capsys.readouterr()
+    assert run_cli(*args, "--out", root / "r_other") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "fitted for checkpoint sha256 000000000000" in err
+    assert not (root / "r_other").exists()
+    assert run_cli(*args, "--out", root / "r_forced", "--force", "--max-frames", 5) == 0  # forced: a warning
+    report = json.loads((root / "r_forced" / "report.json").read_text())
+    assert any("fitted for checkpoint sha256 000000000000" in w for w in report["warnings"])
+
+
+def test_calibrating_a_replay_with_too_few_frames_is_one_line(calibrated, capsys):
+    from testkit import run_cli
+
+    _, root = calibrated
+    capsys.readouterr()
+    assert run_cli("calibrate", "--replay", root / "r_day", "--out", root / "c.json",
+                   "--min-frames", DRIVE_FRAMES + 1) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{DRIVE_FRAMES} evaluated frames, a calibration needs at least" in err
+    assert not (root / "c.json").exists()

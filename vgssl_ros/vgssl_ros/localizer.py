@@ -235,7 +235,7 @@ class LocalizerNode(Node):
             return ("uncalibrated: confidence ranks fixes but is not a probability, covariance not fitted to "
                     "errors (set 'calibration')")
         return (f"calibrated by {p['calibration']}: confidence = P(fix within {cal.threshold_m:g} m), "
-                f"covariance x{cal.covariance_scale:.3g}, min_confidence {self.min_confidence:g} is a probability")
+                f"covariance {cal.covariance_scale:.3g} S + {cal.covariance_doubt_m2:.3g} m^2 x (1 - confidence), min_confidence {self.min_confidence:g} is a probability")
 
     def _discover_transport(self) -> None:
         """image_transport auto: subscribe once a publisher of a known image type appears."""

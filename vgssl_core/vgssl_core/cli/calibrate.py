@@ -48,7 +48,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cal.save(out)
     fitted = cal.fitted_on
     print(f"calibration of {fitted['n_frames']} frames ({fitted['n_correct']} within {cal.threshold_m:g} m), "
-          f"fusion {cal.fusion}, top_k {cal.top_k}, covariance x{cal.covariance_scale:.3g} -> {out}")
+          f"fusion {cal.fusion}, top_k {cal.top_k}, covariance {cal.covariance_scale:.3g} S + {cal.covariance_doubt_m2:.3g} m^2 x (1 - p) -> {out}")
     print("  " + summary_line("raw (in-sample)", fitted["raw"]))
     print("  " + summary_line("calibrated (in-sample)", fitted["calibrated"]))
     print("  check it on another drive: vgssl replay ... --calibration " + str(out))

@@ -12,9 +12,13 @@ every frame into ``frames.npz``) and fitted by ``vgssl calibrate``:
   ratio, best descriptor distance, gap to the second, spread of the agreeing matches). Monotone
   in every feature, a few numbers stored as plain JSON and re-evaluated with numpy here (no
   pickle, no scikit-learn at run time).
-* **covariance scale** ``s``: the published covariance is ``s`` x the uncalibrated one, ``s``
-  chosen so that the 1-sigma and 2-sigma ellipses hold as close as possible to their nominal
-  shares of the errors, ``1 - exp(-1/2)`` = 39.3 % and ``1 - exp(-2)`` = 86.5 % (a 2-D Gaussian's).
+* **covariance** ``a S + b (1 - p) I``: ``S`` the uncalibrated covariance, ``p`` the calibrated
+  probability. A fix is right (error of the order of ``S``) or wrong (anywhere retrieval put a
+  look-alike), so the error is a mixture; ``b (1 - p)`` is the wrong part's share of the second
+  moment, as an EKF needs it: a doubtful fix gets a wide covariance, a sure one a tight one.
+  ``a`` and ``b`` (m^2) are chosen so that the 1-sigma and 2-sigma ellipses hold as close as
+  possible to their nominal shares of the errors, ``1 - exp(-1/2)`` = 39.3 % and
+  ``1 - exp(-2)`` = 86.5 % (a 2-D Gaussian's).
 
 A calibration belongs to one checkpoint, one map database and one fusion mode (its file records
 them; :meth:`Calibration.check` refuses another unless forced). Fit on one drive, check on
@@ -153,7 +157,8 @@ class Calibration:
     scale: tuple[float, ...]
     coef: tuple[float, ...]
     intercept: float
-    covariance_scale: float
+    covariance_scale: float  # a
+    covariance_doubt_m2: float  # b [m^2]
     checkpoint_sha256: str
     database_sha256: str  # sha256 of the map database's manifest.json
     fusion: str  # the fusion mode of the replays it was fitted on (the output it calibrates)
@@ -167,9 +172,10 @@ class Calibration:
         z = x @ np.array(self.coef) + self.intercept
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
-    def covariance(self, raw: np.ndarray) -> np.ndarray:
-        """The calibrated (.., 2, 2) covariance of an uncalibrated one."""
-        return self.covariance_scale * np.asarray(raw, dtype=np.float64)
+    def covariance(self, raw: np.ndarray, probability: Any) -> np.ndarray:
+        """The calibrated (F, 2, 2) (or (2, 2)) covariance of uncalibrated ones with calibrated ``probability``."""
+        return _mixture_covariance(np.asarray(raw, dtype=np.float64), np.asarray(probability, dtype=np.float64),
+                                   self.covariance_scale, self.covariance_doubt_m2)
 
     def check(self, checkpoint_sha256: str, database_sha256: str, fusion: str, top_k: int, *,
               force: bool = False, name: str = "calibration") -> list[str]:
@@ -218,6 +224,7 @@ class Calibration:
             cal = cls(threshold_m=float(data["threshold_m"]), mean=tuple(map(float, data["mean"])),
                       scale=tuple(map(float, data["scale"])), coef=tuple(map(float, data["coef"])),
                       intercept=float(data["intercept"]), covariance_scale=float(data["covariance_scale"]),
+                      covariance_doubt_m2=float(data["covariance_doubt_m2"]),
                       checkpoint_sha256=str(data["checkpoint_sha256"]), database_sha256=str(data["database_sha256"]),
                       fusion=str(data["fusion"]), top_k=int(data["top_k"]), features=tuple(data["features"]),
                       fitted_on=dict(data.get("fitted_on") or {}))
@@ -228,7 +235,8 @@ class Calibration:
                              f"{list(FEATURES)}; refit it")
         sizes = {len(cal.mean), len(cal.scale), len(cal.coef)}
         if sizes != {len(FEATURES)} or not all(map(math.isfinite, (*cal.mean, *cal.scale, *cal.coef, cal.intercept))) \
-                or min(cal.scale) <= 0 or not (cal.covariance_scale > 0 and math.isfinite(cal.covariance_scale)):
+                or min(cal.scale) <= 0 or not (cal.covariance_scale > 0 and math.isfinite(cal.covariance_scale)) \
+                or not (cal.covariance_doubt_m2 >= 0 and math.isfinite(cal.covariance_doubt_m2)):
             raise VgsslError(f"{path}: calibration parameters are malformed (sizes, NaN or non-positive scales)")
         return cal
 
@@ -287,16 +295,33 @@ def load_replay(folder: str | Path) -> ReplayEvidence:
                           float(report["threshold_m"]))
 
 
-def _fit_covariance_scale(raw_nees: np.ndarray) -> float:
-    """The scale s minimising the squared misses of the 1- and 2-sigma coverages (NEES / s <= 1, 4)."""
-    positive = raw_nees[np.isfinite(raw_nees) & (raw_nees > 0)]
-    candidates = np.unique(np.r_[positive, positive / 4.0, np.geomspace(1e-3, 1e4, 141)])
+def _mixture_covariance(raw: np.ndarray, probability: np.ndarray, a: float, b: float) -> np.ndarray:
+    return a * raw + (b * (1.0 - probability))[..., None, None] * np.eye(2)
 
-    def miss(s: float) -> float:
-        return (np.mean(raw_nees / s <= 1.0) - NOMINAL_1SIGMA) ** 2 + (np.mean(raw_nees / s <= 4.0) - NOMINAL_2SIGMA) ** 2
 
-    # a coverage jumps exactly at a candidate: just above it (x 1.0001) the frame is inside
-    return float(min((c * 1.0001 for c in candidates), key=miss))
+def _coverage_miss(raw: np.ndarray, doubt: np.ndarray, errors: np.ndarray, a: float, b: float) -> float:
+    """Squared misses of the 1- and 2-sigma coverages of ``a raw + b doubt I``, in closed form for 2 x 2."""
+    sxx, sxy, syy = a * raw[:, 0, 0] + b * doubt, a * raw[:, 0, 1], a * raw[:, 1, 1] + b * doubt
+    det = sxx * syy - sxy**2
+    ex, ey = errors[:, 0], errors[:, 1]
+    n = (syy * ex**2 - 2 * sxy * ex * ey + sxx * ey**2) / det
+    return float((np.mean(n <= 1.0) - NOMINAL_1SIGMA) ** 2 + (np.mean(n <= 4.0) - NOMINAL_2SIGMA) ** 2)
+
+
+def _fit_covariance(raw: np.ndarray, probability: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` of ``a S + b (1 - p) I`` with the 1- and 2-sigma coverages nearest nominal: a grid,
+    then a finer one around its best (coverage is a step function: no gradient to follow)."""
+    doubt = 1.0 - probability
+
+    def best(scales: np.ndarray, doubts: np.ndarray) -> tuple[float, float]:
+        # ties: the smallest doubt term, then the scale nearest 1 (the least change to the estimator's shape)
+        return min(((float(a), float(b)) for a in scales for b in doubts),
+                   key=lambda ab: (round(_coverage_miss(raw, doubt, errors, *ab), 9), ab[1], abs(math.log(ab[0]))))
+
+    a, b = best(np.geomspace(1e-2, 1e2, 41), np.r_[0.0, np.geomspace(1.0, 1e6, 31)])
+    step_a, step_b = 10 ** (4 / 40), 10 ** (6 / 30)
+    fine_b = np.r_[0.0, np.geomspace(max(b / step_b, 1.0), b * step_b, 9)] if b > 0 else np.r_[0.0, 1.0]
+    return best(a * np.geomspace(1 / step_a, step_a, 9), fine_b)
 
 
 def fit_calibration(replays: Sequence[ReplayEvidence], *, threshold_m: float | None = None,
@@ -344,14 +369,15 @@ def fit_calibration(replays: Sequence[ReplayEvidence], *, threshold_m: float | N
     model = LogisticRegression(C=REGULARIZATION_C, max_iter=1000)
     held_out = cross_val_predict(model, (x - mean) / scale, correct, cv=5, method="predict_proba")[:, 1]
     model.fit((x - mean) / scale, correct)
-    raw_nees = nees(errors, raw_cov)
     cal = Calibration(threshold, tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, model.coef_[0])),
-                      float(model.intercept_[0]), _fit_covariance_scale(raw_nees), first.checkpoint_sha256,
-                      first.database_sha256, first.fusion, first.top_k)
+                      float(model.intercept_[0]), 1.0, 0.0, first.checkpoint_sha256, first.database_sha256,
+                      first.fusion, first.top_k)
     p = cal.probability(x)
+    a, b = _fit_covariance(raw_cov, p, errors)
+    cal = dataclasses.replace(cal, covariance_scale=a, covariance_doubt_m2=b)
     fitted = {"replays": [str(r.path) for r in replays], "n_frames": int(len(x)), "n_correct": n_right,
               "raw": _summary(measure(raw_conf, errors, raw_cov, threshold)),
-              "calibrated": _summary(measure(p, errors, cal.covariance(raw_cov), threshold))}
+              "calibrated": _summary(measure(p, errors, cal.covariance(raw_cov, p), threshold))}
     rate = correct.mean()
     base_loss = -float(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
     held_loss = _log_loss(held_out, correct)

@@ -96,7 +96,8 @@ class LocalizationSession:
             return output
         cal = self.calibration
         probability = float(cal.probability(frame_features(frame, output.confidence))[0])
-        return dataclasses.replace(output, confidence=probability, covariance=cal.covariance(output.covariance))
+        return dataclasses.replace(output, confidence=probability,
+                                   covariance=cal.covariance(output.covariance, probability))
 
     def fused_output(self, frame: LocalizationResult, fused: FusedEstimate) -> LocalizationResult:
         """``frame`` with the fused estimate as its fix (see the module docstring for the covariance)."""
