@@ -231,3 +231,13 @@ def test_calibrating_a_replay_with_too_few_frames_is_one_line(calibrated, capsys
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{DRIVE_FRAMES} evaluated frames, a calibration needs at least" in err
     assert not (root / "c.json").exists()
+
+
+def test_a_frame_unlike_the_calibration_drive_is_not_extrapolated():
+    cal, _ = fit_calibration([drive(300, seed=13)])
+    x = drive(1, seed=14).features
+    far = x.copy()
+    far[0, FEATURES.index("best_distance")] = 50.0  # descriptors far from anything on the calibration drive
+    edge = x.copy()
+    edge[0, FEATURES.index("best_distance")] = cal.hi[FEATURES.index("best_distance")]
+    assert cal.probability(far) == pytest.approx(cal.probability(edge))

@@ -18,7 +18,10 @@ every frame into ``frames.npz``) and fitted by ``vgssl calibrate``:
   moment, as an EKF needs it: a doubtful fix gets a wide covariance, a sure one a tight one.
   ``a`` and ``b`` (m^2) are chosen so that the 1-sigma and 2-sigma ellipses hold as close as
   possible to their nominal shares of the errors, ``1 - exp(-1/2)`` = 39.3 % and
-  ``1 - exp(-2)`` = 86.5 % (a 2-D Gaussian's).
+  ``1 - exp(-2)`` = 86.5 % (a 2-D Gaussian's). When both cannot hold (the features tell right
+  from wrong fixes only roughly) the 2-sigma share wins (:data:`WEIGHT_1SIGMA`): an ellipse too
+  small for the wrong fixes makes an EKF overconfident and diverge, one too large for the right
+  fixes only slows it down.
 
 A calibration belongs to one checkpoint, one map database and one fusion mode (its file records
 them; :meth:`Calibration.check` refuses another unless forced). Fit on one drive, check on
@@ -53,6 +56,7 @@ FEATURES = ("confidence", "agreement", "ratio", "best_distance", "distance_gap",
 # nominal share of 2-D Gaussian errors inside the k-sigma ellipse (NEES <= k^2): 1 - exp(-k^2 / 2)
 NOMINAL_1SIGMA = 1.0 - math.exp(-0.5)
 NOMINAL_2SIGMA = 1.0 - math.exp(-2.0)
+WEIGHT_1SIGMA = 0.25  # weight of the 1-sigma miss against the 2-sigma one in the covariance fit
 MIN_FRAMES = 50  # fewer evaluated frames cannot pin down a probability to a few percent
 MIN_CLASS = 10  # at least this many right and this many wrong fixes: else nothing separates them
 MIN_GAIN = 0.02  # cross-validated log-loss must beat the base rate's by this share, else the features say nothing
@@ -164,11 +168,19 @@ class Calibration:
     fusion: str  # the fusion mode of the replays it was fitted on (the output it calibrates)
     top_k: int
     features: tuple[str, ...] = FEATURES
+    # the range of each feature on the calibration drives: a frame outside it is clipped to it, so
+    # a drive unlike the calibration one (night descriptors farther from the map) is not extrapolated
+    # by the logistic into confident nonsense; empty: no clipping
+    lo: tuple[float, ...] = ()
+    hi: tuple[float, ...] = ()
     fitted_on: dict[str, Any] = field(default_factory=dict)  # replays, counts, in-sample measures
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """P(fix within ``threshold_m``) of (F, len(FEATURES)) (or one row of) features."""
-        x = (np.atleast_2d(np.asarray(features, dtype=np.float64)) - np.array(self.mean)) / np.array(self.scale)
+        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if self.lo:
+            x = np.clip(x, np.array(self.lo), np.array(self.hi))
+        x = (x - np.array(self.mean)) / np.array(self.scale)
         z = x @ np.array(self.coef) + self.intercept
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
@@ -227,6 +239,7 @@ class Calibration:
                       covariance_doubt_m2=float(data["covariance_doubt_m2"]),
                       checkpoint_sha256=str(data["checkpoint_sha256"]), database_sha256=str(data["database_sha256"]),
                       fusion=str(data["fusion"]), top_k=int(data["top_k"]), features=tuple(data["features"]),
+                      lo=tuple(map(float, data.get("lo") or ())), hi=tuple(map(float, data.get("hi") or ())),
                       fitted_on=dict(data.get("fitted_on") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise VgsslError(f"{path}: calibration file is incomplete or malformed ({type(exc).__name__}: {exc})") from None
@@ -234,6 +247,8 @@ class Calibration:
             raise VgsslError(f"{path}: fitted on features {list(cal.features)}, this vgssl computes "
                              f"{list(FEATURES)}; refit it")
         sizes = {len(cal.mean), len(cal.scale), len(cal.coef)}
+        if cal.lo:
+            sizes |= {len(cal.lo), len(cal.hi)}
         if sizes != {len(FEATURES)} or not all(map(math.isfinite, (*cal.mean, *cal.scale, *cal.coef, cal.intercept))) \
                 or min(cal.scale) <= 0 or not (cal.covariance_scale > 0 and math.isfinite(cal.covariance_scale)) \
                 or not (cal.covariance_doubt_m2 >= 0 and math.isfinite(cal.covariance_doubt_m2)):
@@ -300,12 +315,12 @@ def _mixture_covariance(raw: np.ndarray, probability: np.ndarray, a: float, b: f
 
 
 def _coverage_miss(raw: np.ndarray, doubt: np.ndarray, errors: np.ndarray, a: float, b: float) -> float:
-    """Squared misses of the 1- and 2-sigma coverages of ``a raw + b doubt I``, in closed form for 2 x 2."""
+    """Weighted squared misses of the 1- and 2-sigma coverages of ``a raw + b doubt I`` (closed form for 2 x 2)."""
     sxx, sxy, syy = a * raw[:, 0, 0] + b * doubt, a * raw[:, 0, 1], a * raw[:, 1, 1] + b * doubt
     det = sxx * syy - sxy**2
     ex, ey = errors[:, 0], errors[:, 1]
     n = (syy * ex**2 - 2 * sxy * ex * ey + sxx * ey**2) / det
-    return float((np.mean(n <= 1.0) - NOMINAL_1SIGMA) ** 2 + (np.mean(n <= 4.0) - NOMINAL_2SIGMA) ** 2)
+    return float(WEIGHT_1SIGMA * (np.mean(n <= 1.0) - NOMINAL_1SIGMA) ** 2 + (np.mean(n <= 4.0) - NOMINAL_2SIGMA) ** 2)
 
 
 def _fit_covariance(raw: np.ndarray, probability: np.ndarray, errors: np.ndarray) -> tuple[float, float]:
@@ -371,7 +386,7 @@ def fit_calibration(replays: Sequence[ReplayEvidence], *, threshold_m: float | N
     model.fit((x - mean) / scale, correct)
     cal = Calibration(threshold, tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, model.coef_[0])),
                       float(model.intercept_[0]), 1.0, 0.0, first.checkpoint_sha256, first.database_sha256,
-                      first.fusion, first.top_k)
+                      first.fusion, first.top_k, lo=tuple(map(float, x.min(0))), hi=tuple(map(float, x.max(0))))
     p = cal.probability(x)
     a, b = _fit_covariance(raw_cov, p, errors)
     cal = dataclasses.replace(cal, covariance_scale=a, covariance_doubt_m2=b)
