@@ -79,7 +79,8 @@ def main() -> None:
     common = ("--db", db, "--ckpt", ckpt, "--fusion", args.fusion, "--device", args.device,
               "--gnss-topic", "/gnss/fix", "--quiet")
     start = time.perf_counter()
-    calib_out, cal, eval_out = work / "replay-calib", work / "calibration.json", work / "replay-eval"
+    tag = f"{args.fusion}-{ckpt.stem}"
+    calib_out, cal, eval_out = work / f"replay-calib-{tag}", work / f"calibration-{tag}.json", work / f"replay-eval-{tag}"
     run("replay", "--bag", replays["calib"], "--out", calib_out, *common)
     run("calibrate", "--replay", calib_out, "--out", cal)
     run("replay", "--bag", replays["eval"], "--out", eval_out, "--calibration", cal, *common)
