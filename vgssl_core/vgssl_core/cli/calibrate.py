@@ -41,8 +41,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.min_frames < 1:
         raise VgsslError(f"--min-frames must be >= 1, got {args.min_frames}")
     inputs = {Path(r).resolve() for r in args.replay}
-    if out.resolve() in inputs or any(out.resolve().parent == r and out.name in ("report.json",) for r in inputs):
-        raise VgsslError(f"{out}: would overwrite an input; write the calibration elsewhere")
+    if out.resolve().parent in inputs and out.name in ("report.json", "frames.npz"):
+        raise VgsslError(f"{out}: would overwrite a replay's {out.name}; write the calibration elsewhere")
     replays = [load_replay(r) for r in args.replay]
     cal, warnings = fit_calibration(replays, threshold_m=args.threshold, min_frames=args.min_frames)
     cal.save(out)

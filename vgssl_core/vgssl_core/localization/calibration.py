@@ -46,7 +46,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from vgssl_core import __version__
-from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.errors import VgsslError
 from vgssl_core.io import file_sha256, write_json
 
