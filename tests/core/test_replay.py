@@ -193,7 +193,7 @@ def test_the_node_api_streams_frames_and_stops_on_request(drive, db, ckpt, tmp_p
     assert not result.complete and [f.index for f in seen] == [0, 2, 4, 6] and result.report["every"] == 2
     assert all(f.fused is not None and f.latency_s > 0 for f in seen)
     written = write_report(result, tmp_path / "api")
-    assert sorted(p.name for p in written) == ["frames.npz", "report.json", "report.md", "route.png"]
+    assert sorted(p.name for p in written) == ["calibration.png", "frames.npz", "report.json", "report.md", "route.png"]
 
 
 def test_bad_frames_gnss_holes_and_shuffled_fixes_are_counted_not_fatal(drive, db, ckpt, tmp_path):

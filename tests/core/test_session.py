@@ -55,3 +55,24 @@ def test_a_malformed_frame_leaves_the_belief_untouched(localizer, frames):
     with pytest.raises(VgsslError, match="expected an H x W x 3 uint8 RGB image"):
         session.step(np.zeros((10, 10), np.uint8), frames[1][1])
     assert np.array_equal(session.filter.probabilities(), before) and session.filter.last_stamp_ns == frames[0][1]
+
+
+def test_a_calibration_turns_the_output_into_its_probability_and_keeps_the_raw_step(localizer, frames):
+    from vgssl_core.localization.calibration import FEATURES, Calibration, database_sha256, frame_features
+
+    n = len(FEATURES)
+    cal = Calibration(threshold_m=25.0, mean=(0.0,) * n, scale=(1.0,) * n, coef=(2.0, 1.0, -1.0, -0.5, 1.0, -0.2),
+                      intercept=-0.3, covariance_scale=1.5, covariance_doubt_m2=300.0,
+                      checkpoint_sha256=localizer.checkpoint_sha256,
+                      database_sha256=database_sha256(localizer.database.path), fusion="none", top_k=3)
+    step = LocalizationSession(localizer, calibration=cal).step(*frames[0])
+    assert step.uncalibrated is step.frame  # without fusion the raw output is the frame's own fix
+    p = cal.probability(frame_features(step.frame, step.frame.confidence))[0]
+    assert step.output.confidence == pytest.approx(p) and step.output.confidence != step.frame.confidence
+    assert np.allclose(step.output.covariance, 1.5 * step.frame.covariance + 300.0 * (1 - p) * np.eye(2))
+    assert step.output.estimate == step.frame.estimate and step.output.matches == step.frame.matches
+    # a calibration of other outputs (fused ones) is refused before the first frame, or kept as a warning
+    with pytest.raises(VgsslError, match="fitted on fusion 'none' outputs, this localizer runs fusion 'bayes'"):
+        LocalizationSession(localizer, fusion="bayes", calibration=cal)
+    forced = LocalizationSession(localizer, fusion="bayes", calibration=cal, force_calibration=True)
+    assert len(forced.calibration_warnings) == 1

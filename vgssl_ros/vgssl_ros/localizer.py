@@ -48,6 +48,15 @@ service stays single-frame even with fusion on: a request is one image out of an
 maybe from another camera or place, with a stamp of another clock; fed into the camera's
 filter it would corrupt the belief, and a filter of its own would have nothing to fuse.
 
+Calibration (``calibration``: a file from ``vgssl calibrate``, fitted on a replay of a recorded
+drive with this checkpoint, database, fusion mode and top_k; another is a one-line fatal error at
+start, or a warning with ``force``): the session turns every published confidence into the
+fitted probability that the fix lies within the calibration's threshold (25 m) of the truth, so
+``min_confidence`` is a probability, and scales the covariances of all three outputs so that the
+1- and 2-sigma ellipses hold their nominal share of errors on the calibration drive. Without it
+the outputs are uncalibrated (said at start and in ``/diagnostics``: ``calibrated: no``). The
+``~/localize`` service answers one image outside any sequence and stays uncalibrated.
+
 Rename outputs with remapping (``-r fix:=/gps/visual_fix``), not parameters. A malformed image
 logs one throttled warning and is counted; a missing checkpoint or database stops the node at
 start with one line naming the path (exit status 2). Ctrl-C exits with status 0.
@@ -92,14 +101,16 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "database": ("", "map database folder built by 'vgssl build-db' with this checkpoint; required"),
     "device": ("auto", "auto (CUDA when PyTorch sees a GPU, else CPU), cpu, cuda or cuda:N"),
     "cpu_threads": (0, "PyTorch CPU threads; 0 keeps PyTorch's default (one per core)"),
-    "force": (False, "use a database built with another checkpoint (fixes are then meaningless "
-                     "unless the models are compatible)"),
+    "force": (False, "use a database (or calibration) made for another checkpoint (fixes are then "
+                     "meaningless unless the models are compatible)"),
+    "calibration": ("", "calibration file from 'vgssl calibrate' (JSON): confidence becomes the probability "
+                        "that the fix is within its threshold, covariances the calibrated ones; empty: uncalibrated"),
     "image_topic": ("image", "camera topic (relative names follow the node's namespace and remapping)"),
     "image_transport": ("auto", "raw (sensor_msgs/Image), compressed (sensor_msgs/CompressedImage: "
                                 "name the .../compressed topic) or auto (the type its publisher advertises)"),
     "top_k": (5, "database matches retrieved per image and published in 'localization'"),
-    "min_confidence": (0.5, "confidence (0..1) from which a result is a fix: NavSatFix STATUS_FIX "
-                            "and a 'pose' message; below it NavSatFix says STATUS_NO_FIX"),
+    "min_confidence": (0.5, "confidence (0..1; with a calibration, a probability) from which a result is a fix: "
+                            "NavSatFix STATUS_FIX and a 'pose' message; below it NavSatFix says STATUS_NO_FIX"),
     "utm_frame_id": ("utm", "frame_id of 'localization' and 'pose' (UTM, the database's zone)"),
     "fix_frame_id": ("", "frame_id of 'fix'; empty: the image's frame_id (the camera)"),
     "fusion": ("none", f"temporal fusion of consecutive frames: {' or '.join(FUSION_METHODS)} (none: every frame "
@@ -134,12 +145,15 @@ class LocalizerNode(Node):
 
             torch.set_num_threads(p["cpu_threads"])
         from vgssl_core.localization.localizer import Localizer  # torch, faiss: after the cheap checks
+        from vgssl_core.localization.calibration import Calibration
         from vgssl_core.localization.session import LocalizationSession
 
+        calibration = Calibration.load(p["calibration"]) if p["calibration"] else None  # before the model loads
         self.localizer = Localizer(p["checkpoint"], p["database"], device=p["device"], top_k=p["top_k"],
                                    force=p["force"])
         # the camera's frames go through the same step as the offline replay's
-        self.session = LocalizationSession(self.localizer, fusion=p["fusion"], fusion_params=p["fusion_params"])
+        self.session = LocalizationSession(self.localizer, fusion=p["fusion"], fusion_params=p["fusion_params"],
+                                           calibration=calibration, force_calibration=p["force"])
         self.fusion_name, self.filter = p["fusion"], self.session.filter
         self._fusion_costs: deque[float] = deque(maxlen=FUSION_COST_WINDOW)  # seconds per update
         self._fusion_lock = threading.Lock()  # the worker appends, the diagnostics timer reads
@@ -167,6 +181,8 @@ class LocalizerNode(Node):
         if not self.localizer.checkpoint_matches_database:
             self.get_logger().warning(f"force: database {db.path} was built with another checkpoint than "
                                       f"{self.localizer.checkpoint.name}; fixes may be meaningless")
+        for problem in self.session.calibration_warnings:
+            self.get_logger().warning(f"force: {problem}; its confidences and covariances may be wrong")
         if p["image_transport"] == "auto":
             self._discovery_warned = False
             self._discovery = self.create_timer(DISCOVERY_POLL_S, self._discover_transport, clock=steady)
@@ -176,7 +192,8 @@ class LocalizerNode(Node):
             waiting = ""
         self.get_logger().info(
             f"localizer ready: {self.localizer.model_note} on {self.localizer.device}, database {db.path} "
-            f"({len(db)} images), top_k {self.localizer.top_k}{self._fusion_note()}{waiting}"
+            f"({len(db)} images), top_k {self.localizer.top_k}{self._fusion_note()}; {self._calibration_note(p)}"
+            f"{waiting}"
         )
 
     # --- start-up ------------------------------------------------------------------------------
@@ -210,6 +227,14 @@ class LocalizerNode(Node):
         prm = self.filter.params
         return (f", temporal fusion {self.fusion_name} (search depth {self.session.depth}, max speed "
                 f"{prm.max_speed_mps:g} m/s, reset after {prm.reset_after_s:g} s)")
+
+    def _calibration_note(self, p: dict[str, Any]) -> str:
+        cal = self.session.calibration
+        if cal is None:
+            return ("uncalibrated: confidence ranks fixes but is not a probability, covariance not fitted to "
+                    "errors (set 'calibration')")
+        return (f"calibrated by {p['calibration']}: confidence = P(fix within {cal.threshold_m:g} m), "
+                f"covariance {cal.covariance_scale:.3g} S + {cal.covariance_doubt_m2:.3g} m^2 x (1 - confidence), min_confidence {self.min_confidence:g} is a probability")
 
     def _discover_transport(self) -> None:
         """image_transport auto: subscribe once a publisher of a known image type appears."""
@@ -297,6 +322,7 @@ class LocalizerNode(Node):
             "database_images": str(len(localizer.database)),
             "min_confidence": f"{self.min_confidence:g}",
             "fusion": self.fusion_name,
+            "calibrated": "yes" if self.session.calibration is not None else "no",
         }
         if self.filter is not None:
             with self._fusion_lock:

@@ -47,7 +47,10 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=positive_int, default=5, help="matches per frame for the fix, as the live localizer")
     p.add_argument("--max-speed", type=positive_float, help="fusion: fastest plausible speed in m/s (default 15)")
     p.add_argument("--save-descriptors", action="store_true", help="also store the frame descriptors in frames.npz")
-    p.add_argument("--force", action="store_true", help="use the database even if built with another checkpoint")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration from 'vgssl calibrate': publish its confidence and covariance, and report both")
+    p.add_argument("--force", action="store_true",
+                   help="use the database (and --calibration) even if made for another checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when available)")
     add_common(p)
 
@@ -58,6 +61,7 @@ def run_replay_command(args: argparse.Namespace) -> int:
     from vgssl_core.localization.fusion import FusionParams
     from vgssl_core.localization.localizer import Localizer
     from vgssl_core.rosbag.replay import run_replay
+    from vgssl_core.localization.calibration import summary_line as calibration_line
     from vgssl_core.rosbag.report import summary_line, write_report
 
     ns = parse_ns(args.recall_n)
@@ -68,6 +72,11 @@ def run_replay_command(args: argparse.Namespace) -> int:
             params = FusionParams(max_speed_mps=args.max_speed)
         except ValueError as exc:
             raise VgsslError(f"--max-speed: {exc}") from None
+    calibration = None
+    if args.calibration:
+        from vgssl_core.localization.calibration import Calibration
+
+        calibration = Calibration.load(args.calibration)
     out = Path(args.out)
     if out.is_file():
         raise VgsslError(f"{out}: is a file; --out must be a folder")
@@ -82,10 +91,17 @@ def run_replay_command(args: argparse.Namespace) -> int:
                             max_gap_s=args.max_gap, gnss_tolerance_s=args.gnss_tolerance,
                             fusion=args.fusion, fusion_params=params, ns=ns,
                             threshold_m=args.threshold, thresholds=thresholds, max_frames=args.max_frames,
-                            progress=not args.quiet)
+                            calibration=calibration, force_calibration=args.force, progress=not args.quiet)
+    if calibration is not None:
+        result.report["calibration"]["file"] = str(args.calibration)
     write_report(result, out, save_descriptors=args.save_descriptors)
     r = result.report
     print(summary_line(r) + f" -> {out}/report.json")
+    for label, m in (r.get("calibration") or {}).items():
+        if isinstance(m, dict):
+            print("  " + calibration_line(label, m))
+    if r.get("calibration") and not r["calibration"].get("calibrated"):
+        print("  uncalibrated: the confidence ranks fixes, it is not a probability (see 'vgssl calibrate')")
     finish(args, r)
     if r["interrupted"]:
         print(f"vgssl replay: interrupted after {r['n_read']} frames; the report covers those frames only",

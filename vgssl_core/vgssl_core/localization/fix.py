@@ -31,6 +31,7 @@ class FixEstimate:
     agreeing: np.ndarray  # (K,) bool: the matches that support the estimate
     agreement: float  # share of the retrieval weight on the agreeing matches
     ratio: float  # best distance / first disagreeing distance (1: no margin)
+    spread_m: float  # RMS distance of the agreeing matches from the estimate (weighted) [m]
 
 
 def _weighted_moment(points: np.ndarray, weights: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -62,7 +63,9 @@ def estimate_fix(
       disagreeing matches about the estimate (or ``agree_radius_m``^2 I when none disagree):
       the places retrieval did not rule out widen the fix as much as it failed to rule them out.
 
-    Not a probability calibrated on every dataset; it ranks fixes and gates their use.
+    Not a probability: it ranks fixes and gates their use. ``vgssl calibrate`` turns it (with
+    ``agreement``, ``ratio``, ``spread_m`` and the distances) into one, measured on a recorded
+    drive (:mod:`~vgssl_core.localization.calibration`).
     """
     d = np.asarray(distances, dtype=np.float64).reshape(-1)
     xy = np.asarray(utm, dtype=np.float64).reshape(-1, 2)
@@ -78,12 +81,13 @@ def estimate_fix(
     agreement = float(weights[agreeing].sum() / weights.sum())
     ratio = _margin_ratio(d, agreeing)
     confidence = agreement * float(np.clip((1.0 - ratio) / (1.0 - ratio_full), 0.0, 1.0))
-    right = _weighted_moment(xy[agreeing], weights[agreeing], center) + floor_m**2 * np.eye(2)
+    moment = _weighted_moment(xy[agreeing], weights[agreeing], center)
+    right = moment + floor_m**2 * np.eye(2)
     wrong = (_weighted_moment(xy[~agreeing], weights[~agreeing], center) if (~agreeing).any()
              else agree_radius_m**2 * np.eye(2))
     covariance = right + (1.0 - confidence) * wrong
     return FixEstimate(float(center[0]), float(center[1]), (covariance + covariance.T) / 2, confidence,
-                       agreeing, agreement, ratio)
+                       agreeing, agreement, ratio, float(np.sqrt(max(np.trace(moment), 0.0))))
 
 
 def _margin_ratio(d: np.ndarray, agreeing: np.ndarray) -> float:

@@ -29,7 +29,7 @@ import torch
 from vgssl_core.io import file_sha256
 from vgssl_core.evaluation.descriptors import embed_batch, resolve_device
 from vgssl_core.errors import VgsslError
-from vgssl_core.localization.fix import AGREE_RADIUS_M, FLOOR_M, estimate_fix
+from vgssl_core.localization.fix import AGREE_RADIUS_M, FLOOR_M, FixEstimate, estimate_fix
 from vgssl_core.models.loading import load_descriptor_model
 from vgssl_core.models.export import is_exported, load_exported
 from vgssl_core.localization.database import MapDatabase
@@ -91,6 +91,9 @@ class LocalizationResult:
     # replay's Recall@N and the temporal fusion read it, the fix uses only ``matches``
     ranked_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     ranked_distances: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    # what ``estimate_fix`` concluded from ``matches`` (agreement, ratio, spread, uncalibrated
+    # confidence): the features a calibration reads; None for results made by hand
+    evidence: FixEstimate | None = field(default=None, repr=False)
 
     @property
     def best(self) -> Match:
@@ -194,10 +197,10 @@ class Localizer:
         n = len(images)
         times = StageTimes((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
         queries = prepare(desc, self.database.metric)
-        return [LocalizationResult(fix, conf, cov, matches, times, q, i, d)
-                for (fix, conf, cov, matches), q, i, d in zip(fixes, queries, indices, distances)]
+        return [LocalizationResult(fix, est.confidence, est.covariance, matches, times, q, i, d, est)
+                for (fix, est, matches), q, i, d in zip(fixes, queries, indices, distances)]
 
-    def _fix(self, distances: np.ndarray, indices: np.ndarray) -> tuple[Fix, float, np.ndarray, list[Match]]:
+    def _fix(self, distances: np.ndarray, indices: np.ndarray) -> tuple[Fix, FixEstimate, list[Match]]:
         db = self.database
         keep = indices >= 0
         distances, indices = distances[keep], indices[keep]
@@ -209,4 +212,4 @@ class Localizer:
         ]
         lat, lon = db.latlon_of(est.easting, est.northing)
         fix = Fix(est.easting, est.northing, db.zone, db.letter, lat, lon)
-        return fix, est.confidence, est.covariance, matches
+        return fix, est, matches

@@ -19,6 +19,11 @@ place: confidence = the belief's mass within 25 m of it, covariance
 ``floor^2 + (1 - confidence) x agree_radius^2`` on the east/north diagonal (the database's own
 position error, widened by the belief the filter could not rule out, as ``estimate_fix`` widens
 a single fix); its matches stay the frame's own top-k.
+
+With a ``calibration`` (``vgssl calibrate``; :mod:`~vgssl_core.localization.calibration`) the
+output's confidence becomes the fitted probability that the fix lies within the threshold of the
+truth and its covariance the calibrated one; ``Step.uncalibrated`` keeps what it would have been
+without. Without one the output is uncalibrated: a confidence that ranks fixes, not a probability.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vgssl_core.localization.calibration import Calibration, database_sha256, frame_features
 from vgssl_core.localization.fusion import SEARCH_DEPTH, FusedEstimate, FusionParams, PlaceFilter, make_filter
 from vgssl_core.localization.localizer import Fix, LocalizationResult, Localizer
 
@@ -41,18 +47,28 @@ class Step:
     fused: FusedEstimate | None  # the filter's answer (None without fusion)
     output: LocalizationResult  # what a robot receives: ``frame``, or the fused estimate in its place
     fusion_s: float  # seconds spent in the filter (update + output)
+    uncalibrated: LocalizationResult  # ``output`` before the calibration (``output`` itself without one)
 
 
 class LocalizationSession:
     """A localizer plus the state one camera's frame sequence carries (the fusion belief).
 
     ``fusion``: ``"none"`` (every frame on its own) or ``"bayes"``; ``min_depth``: search at
-    least this deep (a replay asks for its largest Recall@N). Not thread-safe: one camera, one
-    session, one caller at a time (the node's worker thread; the replay loop).
+    least this deep (a replay asks for its largest Recall@N); ``calibration``: applied to every
+    output, checked first against the localizer's checkpoint, database, fusion and top_k (a
+    one-line ``VgsslError`` on a mismatch; with ``force_calibration`` the mismatches are kept in
+    :attr:`calibration_warnings` instead, for the caller to log). Not thread-safe: one camera,
+    one session, one caller at a time (the node's worker thread; the replay loop).
     """
 
     def __init__(self, localizer: Localizer, *, fusion: str = "none", fusion_params: FusionParams | None = None,
-                 min_depth: int = 0) -> None:
+                 min_depth: int = 0, calibration: Calibration | None = None, force_calibration: bool = False) -> None:
+        self.calibration = calibration
+        self.calibration_warnings: list[str] = []
+        if calibration is not None:
+            self.calibration_warnings = calibration.check(
+                localizer.checkpoint_sha256, database_sha256(localizer.database.path), fusion, localizer.top_k,
+                force=force_calibration)
         self.localizer = localizer
         self.fusion_name = fusion
         self.filter: PlaceFilter | None = make_filter(fusion, localizer.database.utm, fusion_params)
@@ -66,12 +82,22 @@ class LocalizationSession:
         """
         frame = self.localizer.localize(rgb, depth=self.depth)
         if self.filter is None:
-            return Step(frame, None, frame, 0.0)
+            return Step(frame, None, self.calibrated(frame, frame), 0.0, frame)
         start = time.perf_counter()
         k = self.fusion_depth
         fused = self.filter.update(stamp_ns, frame.ranked_indices[:k], frame.ranked_distances[:k])
         output = self.fused_output(frame, fused)
-        return Step(frame, fused, output, time.perf_counter() - start)
+        return Step(frame, fused, self.calibrated(frame, output), time.perf_counter() - start, output)
+
+    def calibrated(self, frame: LocalizationResult, output: LocalizationResult) -> LocalizationResult:
+        """``output`` (the uncalibrated answer for ``frame``) with the calibrated confidence and
+        covariance; ``output`` itself without a calibration."""
+        if self.calibration is None:
+            return output
+        cal = self.calibration
+        probability = float(cal.probability(frame_features(frame, output.confidence))[0])
+        return dataclasses.replace(output, confidence=probability,
+                                   covariance=cal.covariance(output.covariance, probability))
 
     def fused_output(self, frame: LocalizationResult, fused: FusedEstimate) -> LocalizationResult:
         """``frame`` with the fused estimate as its fix (see the module docstring for the covariance)."""

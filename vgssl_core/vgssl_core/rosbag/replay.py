@@ -48,6 +48,7 @@ from vgssl_core.rosbag.bags import IMAGE_TYPES, NAVSATFIX, BagMessage, BagReader
 from vgssl_core.errors import VgsslError
 from vgssl_core.evaluation.split import PLOT_THRESHOLDS_M
 from vgssl_core.rosbag.report import pad_rows, percentiles
+from vgssl_core.localization.calibration import Calibration, database_sha256, measure
 from vgssl_core.localization.fusion import FusedEstimate, FusionParams, PlaceFilter
 from vgssl_core.localization.session import LocalizationSession
 from vgssl_core.data.geo import EVAL_RADIUS_M
@@ -93,6 +94,7 @@ class FrameResult:
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0))  # their descriptor distances
     error: str | None = None  # the decode error, when there was one
     output: LocalizationResult | None = None  # what the live localizer publishes: result, or the fused fix
+    raw_output: LocalizationResult | None = None  # ``output`` before the calibration (the same without one)
 
     @property
     def latency_s(self) -> float:
@@ -114,7 +116,8 @@ class Replay:
                  gnss_tolerance_s: float = GNSS_TOLERANCE_S, fusion: str = "bayes",
                  fusion_params: FusionParams | None = None, ns: Sequence[int] = DEFAULT_NS,
                  threshold_m: float = EVAL_RADIUS_M, thresholds: Sequence[float] = PLOT_THRESHOLDS_M,
-                 max_frames: int | None = None) -> None:
+                 max_frames: int | None = None, calibration: Calibration | None = None,
+                 force_calibration: bool = False) -> None:
         if every < 1:
             raise VgsslError(f"--every must be >= 1, got {every}")
         if not max_gap_s > 0:
@@ -148,7 +151,10 @@ class Replay:
             self.fusion_name = fusion
             # the live node's step, searched deep enough for the largest N of Recall@N
             self.session = LocalizationSession(localizer, fusion=fusion, fusion_params=fusion_params,
-                                               min_depth=max(self.ns))
+                                               min_depth=max(self.ns), calibration=calibration,
+                                               force_calibration=force_calibration)
+            self.calibration = calibration
+            self.warnings += self.session.calibration_warnings
             self.filter: PlaceFilter | None = self.session.filter
             self.n_images = self.bag.message_count(self.image_topic)
         except BaseException:
@@ -193,7 +199,7 @@ class Replay:
         fix_utm = np.array([result.estimate.easting, result.estimate.northing])
         return FrameResult(frame.index, frame.stamp_ns, frame.bag_stamp_ns, gt, reason, result, step.fused,
                            frame.decode_s, step.fusion_s, fix_utm, result.ranked_indices[:n],
-                           result.ranked_distances[:n], output=step.output)
+                           result.ranked_distances[:n], output=step.output, raw_output=step.uncalibrated)
 
     # -- the report
     def summarize(self, frames: Sequence[FrameResult], *, seconds: float, interrupted: bool = False,
@@ -219,6 +225,7 @@ class Replay:
             "bag": str(self.bag.path), "storage": self.bag.storage,
             "image_topic": self.image_topic, "image_type": self.image_type, "gnss_topic": self.gnss_topic,
             "database": str(self.db.path), "n_database": len(self.db), "checkpoint": str(self.localizer.checkpoint),
+            "checkpoint_sha256": self.localizer.checkpoint_sha256, "database_sha256": database_sha256(self.db.path),
             "device": str(self.localizer.device), "top_k": self.localizer.top_k,
             "complete": not interrupted and stopped is None, "interrupted": interrupted, "stopped": stopped,
             "n_images": self.n_images, "every": self.every, "n_read": len(frames),
@@ -274,7 +281,23 @@ class Replay:
             }
         else:
             report["fusion"] = {"method": "none"}
+        report["calibration"] = self._calibration_section(evaluated, gt)
         return report
+
+    def _calibration_section(self, evaluated: Sequence[FrameResult], gt: np.ndarray) -> dict[str, Any]:
+        """How well the published confidences and covariances describe the errors (``calibration.measure``):
+        ``raw`` (uncalibrated) always, ``calibrated`` with a calibration (else None)."""
+        def of(outputs: list[LocalizationResult]) -> dict[str, Any]:
+            utm = np.array([[o.estimate.easting, o.estimate.northing] for o in outputs])
+            m = measure([o.confidence for o in outputs], utm - gt, np.stack([o.covariance for o in outputs]),
+                        self.threshold_m)
+            m["precision_recall"] = {k: v for k, v in m["precision_recall"].items()
+                                     if k not in ("thresholds", "precision", "recall")}  # curves: in the PNG
+            return m
+
+        cal = self.calibration
+        return {"raw": of([f.raw_output for f in evaluated]),
+                "calibrated": of([f.output for f in evaluated]) if cal else None}
 
 
 # --- the whole run -------------------------------------------------------------------------
@@ -296,7 +319,8 @@ def run_replay(bag: str | Path | BagReader, localizer: Localizer, *, image_topic
                gnss_tolerance_s: float = GNSS_TOLERANCE_S, fusion: str = "bayes",
                fusion_params: FusionParams | None = None, ns: Sequence[int] = DEFAULT_NS,
                threshold_m: float = EVAL_RADIUS_M, thresholds: Sequence[float] = PLOT_THRESHOLDS_M,
-               max_frames: int | None = None, stop: Any = None,
+               max_frames: int | None = None, calibration: Calibration | None = None, force_calibration: bool = False,
+               stop: Any = None,
                on_frame: Callable[[FrameResult], None] | None = None, progress: bool = True) -> ReplayResult:
     """Replay a bag against a localizer and summarize it.
 
@@ -308,7 +332,8 @@ def run_replay(bag: str | Path | BagReader, localizer: Localizer, *, image_topic
     """
     replay = Replay(bag, localizer, image_topic=image_topic, gnss_topic=gnss_topic, every=every, max_gap_s=max_gap_s,
                     gnss_tolerance_s=gnss_tolerance_s, fusion=fusion, fusion_params=fusion_params, ns=ns,
-                    threshold_m=threshold_m, thresholds=thresholds, max_frames=max_frames)
+                    threshold_m=threshold_m, thresholds=thresholds, max_frames=max_frames, calibration=calibration,
+                    force_calibration=force_calibration)
     frames: list[FrameResult] = []
     interrupted, stopped = False, None
     correct = evaluated = 0

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vgssl_core.io import save_npz, write_json, write_text
+from vgssl_core.io import atomic_path, save_npz, write_json, write_text
 
 # ``result`` below is a ``rosbag.replay.ReplayResult`` (not imported: the replay imports this module).
 
@@ -33,15 +33,22 @@ def percentiles(values: np.ndarray, keys: Sequence[str] = ("p50", "p95", "mean",
 
 # --- files ---------------------------------------------------------------------------------
 def write_report(result: Any, out_dir: str | Path, *, save_descriptors: bool = False) -> list[Path]:
-    """``report.json``, ``report.md``, ``route.png`` and ``frames.npz`` in ``out_dir``; the paths written.
+    """``report.json``, ``report.md``, ``route.png``, ``calibration.png`` and ``frames.npz`` in ``out_dir``;
+    the paths written.
 
     ``frames.npz`` (no pickle) holds per frame: ``index``, ``stamp_ns``, ``evaluated`` (in the
     recall denominator), ``gt_utm`` (NaN when none), ``predictions`` (top-N database indices, -1
     pad) and their ``distances`` (NaN pad), ``fix_utm``, ``fused_index`` (-1 without fusion),
     ``fused_utm``, ``latency_ms``, the frame's own ``confidence`` and ``covariance`` (2 x 2, m^2), and
     ``output_utm`` / ``output_confidence`` / ``output_covariance``: what the live localizer would
-    publish for the frame (the fused estimate with fusion on); with ``save_descriptors`` also ``descriptors`` (as searched),
-    enough to recompute the recall.
+    publish for the frame (the fused estimate with fusion on; calibrated with a calibration), and
+    ``raw_output_utm`` / ``raw_output_confidence`` / ``raw_output_covariance`` the same before the
+    calibration. The evidence a calibration is fitted on (``vgssl calibrate``): the frame's own
+    ``agreement``, ``ratio``, ``spread_m`` and ``n_agreeing`` (``estimate_fix``'s), the top-k
+    distances (the first ``top_k`` columns of ``distances``), and ``output_error_m`` /
+    ``fix_error_m``: the distance of the published fix / the frame's own fix to the GNSS truth
+    (NaN without one). With ``save_descriptors`` also ``descriptors`` (as searched), enough to
+    recompute the recall.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,6 +59,8 @@ def write_report(result: Any, out_dir: str | Path, *, save_descriptors: bool = F
     _save_frames(out / "frames.npz", result, save_descriptors)
     if any(f.result is not None for f in frames):
         written.append(plot_route(result, out / "route.png"))
+    if (report.get("calibration") or {}).get("raw"):
+        written.append(plot_calibration(result, out / "calibration.png"))
     return written
 
 
@@ -86,7 +95,18 @@ def _save_frames(path: Path, result: Any, save_descriptors: bool) -> None:
         "output_confidence": np.array([f.output.confidence if f.output else np.nan for f in frames],
                                       dtype=np.float64),
         "output_covariance": covariances(f.output for f in frames),
+        "raw_output_utm": xy((f.raw_output.estimate.easting, f.raw_output.estimate.northing) if f.raw_output
+                             else None for f in frames),
+        "raw_output_confidence": np.array([f.raw_output.confidence if f.raw_output else np.nan for f in frames],
+                                          dtype=np.float64),
+        "raw_output_covariance": covariances(f.raw_output for f in frames),
     }
+    evidence = [f.result.evidence if f.result is not None else None for f in frames]
+    for name in ("agreement", "ratio", "spread_m"):
+        arrays[name] = np.array([getattr(e, name) if e is not None else np.nan for e in evidence], dtype=np.float64)
+    arrays["n_agreeing"] = np.array([int(e.agreeing.sum()) if e is not None else 0 for e in evidence], dtype=np.int64)
+    arrays["output_error_m"] = np.linalg.norm(arrays["output_utm"] - arrays["gt_utm"], axis=1)
+    arrays["fix_error_m"] = np.linalg.norm(arrays["fix_utm"] - arrays["gt_utm"], axis=1)
     if save_descriptors:
         dim = replay.db.dim
         missing = np.full(dim, np.nan, np.float32)
@@ -141,10 +161,77 @@ def report_markdown(report: dict[str, Any]) -> str:
                               fusion["latency_ms"]))
             lines += ["", f"Fusion adds {fusion['ms']['p50']:.3f} ms per frame at the median "
                           f"(latency x{fusion['latency_ratio_p50']:.3f}); {fusion['resets']} resets."]
+    lines += calibration_markdown(report)
     lines += ["", f"{report['frames_per_s'] or 0:.1f} frames/s over {report['seconds']:.1f} s."]
     for w in report["warnings"]:
         lines.append(f"\n**Warning:** {w}")
     return "\n".join(lines) + "\n"
+
+
+def calibration_markdown(report: dict[str, Any]) -> list[str]:
+    """The calibration section of ``report.md``: do the published confidences and covariances hold?"""
+    from vgssl_core.localization.calibration import NOMINAL_1SIGMA, NOMINAL_2SIGMA, PRECISION_TARGET
+
+    section = report.get("calibration") or {}
+    if not section.get("raw"):
+        return []
+    lines = ["", f"## Calibration (fix within {section['raw']['threshold_m']:g} m; `calibration.png`)", "",
+             "| output | accuracy | ECE | Brier | inside 1-sigma | inside 2-sigma | mean NEES | "
+             f"kept at {PRECISION_TARGET:.0%} precision |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| nominal | | 0 | | {NOMINAL_1SIGMA:.3f} | {NOMINAL_2SIGMA:.3f} | 2 | |"]
+    for label in ("raw", "calibrated"):
+        m = section.get(label)
+        if m:
+            pr = m["precision_recall"]
+            lines.append(f"| {label} | {m['accuracy']:.3f} | {m['ece']:.3f} | {m['brier']:.3f} | "
+                         f"{m['coverage_1sigma']:.3f} | {m['coverage_2sigma']:.3f} | {m['mean_nees']:.2f} | "
+                         f"{pr['kept_at_95_precision']} of {m['n']} ({pr['kept_share_at_95_precision']:.1%}) |")
+    if not section.get("calibrated"):
+        lines += ["", "Uncalibrated: the confidence ranks fixes but is not a probability, and the covariance is "
+                      "not fitted to the errors; fit a calibration with `vgssl calibrate --replay THIS_FOLDER`."]
+    return lines
+
+
+def plot_calibration(result: Any, path: str | Path) -> Path:
+    """Reliability diagram and precision / recall of accepting fixes by confidence, raw and calibrated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vgssl_core.localization.calibration import measure
+
+    replay = result.replay
+    evaluated = [f for f in result.frames if f.skip is None and f.result is not None]
+    gt = np.array([f.gt_utm for f in evaluated]).reshape(-1, 2)
+    outputs = {"raw": [f.raw_output for f in evaluated]}
+    if replay.calibration is not None:
+        outputs["calibrated"] = [f.output for f in evaluated]
+    fig, (rel, prc) = plt.subplots(1, 2, figsize=(11, 5))
+    rel.plot([0, 1], [0, 1], ":", c="0.5", label="perfect")
+    for (label, outs), colour in zip(outputs.items(), ("tab:orange", "tab:blue")):
+        utm = np.array([[o.estimate.easting, o.estimate.northing] for o in outs])
+        m = measure([o.confidence for o in outs], utm - gt, np.stack([o.covariance for o in outs]), replay.threshold_m)
+        bins = [b for b in m["reliability"] if b["n"]]
+        rel.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], "o-", c=colour,
+                 label=f"{label}: ECE {m['ece']:.3f}, Brier {m['brier']:.3f}")
+        pr = m["precision_recall"]
+        prc.plot(pr["recall"], pr["precision"], "-", c=colour,
+                 label=f"{label}: {pr['kept_at_95_precision']} of {m['n']} kept at 95% precision")
+    rel.set(xlabel="confidence (mean of the bin)", ylabel=f"share of fixes within {replay.threshold_m:g} m",
+            xlim=(0, 1), ylim=(0, 1), title="reliability")
+    prc.axhline(0.95, ls=":", c="0.5")
+    prc.set(xlabel="recall (share of the right fixes kept)", ylabel="precision (share of kept fixes right)",
+            xlim=(0, 1), ylim=(0, 1.02), title="accepting fixes from a confidence")
+    for ax in (rel, prc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_route(result: Any, path: str | Path) -> Path:
