@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 from vgssl_core import __version__
-from vgssl_core.cli import evaluate, maps, replay, results, synth, train
+from vgssl_core.cli import dataset, evaluate, maps, replay, results, synth, train
 from vgssl_core.cli.common import Command
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError, user_message
 
 # The command groups, in the order ``vgssl --help`` lists them.
-GROUPS = (synth, evaluate, train, maps, replay, results)
+GROUPS = (synth, dataset, evaluate, train, maps, replay, results)
 
 
 def commands() -> dict[str, Command]:
