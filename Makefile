@@ -16,7 +16,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/config/fastdds_localhost.xml
 ROS_SOURCES := $(shell find vgssl_msgs vgssl_ros -type f \( -name '*.msg' -o -name '*.srv' -o -name 'CMakeLists.txt' -o -name 'package.xml' -o -name 'setup.py' -o -name 'setup.cfg' \) 2>/dev/null)
 
-.PHONY: setup demo test test-core test-ros bench clean
+.PHONY: setup demo demo-robot test test-core test-ros bench clean
 
 # The launch stack's install.sh is a no-op when it is installed already (a stamp of its own),
 # and runs here, outside the stamp, so that a ../shared that appears later is picked up.
@@ -35,6 +35,9 @@ $(STAMP): requirements.txt requirements-ros.txt vgssl_core/pyproject.toml $(ROS_
 
 demo: setup
 	$(VENV)/bin/vgssl demo --out runs/demo
+
+demo-robot: setup
+	$(VENV)/bin/vgssl demo --robot --out runs/demo
 
 test: setup
 	$(VENV)/bin/pytest -q tests

@@ -12,13 +12,13 @@ import logging
 import sys
 
 from vgssl_core import __version__
-from vgssl_core.cli import calibrate, config, evaluate, maps, replay, results, synth, train
+from vgssl_core.cli import calibrate, config, dataset, evaluate, maps, replay, results, synth, train
 from vgssl_core.cli.common import Command, check_outputs
 from vgssl_core.errors import EXIT_BAD_INPUT, VgsslError, user_message
 from vgssl_core.io import disk_error_message
 
 # The command groups, in the order ``vgssl --help`` lists them.
-GROUPS = (synth, evaluate, train, config, maps, replay, calibrate, results)
+GROUPS = (synth, dataset, evaluate, train, config, maps, replay, calibrate, results)
 
 
 def commands() -> dict[str, Command]:

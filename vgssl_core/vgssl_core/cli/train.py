@@ -48,12 +48,19 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the world and the runs")
     p.add_argument("--preset", default="demo", help="synthetic world preset")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--robot", action="store_true",
+                   help="instead: train on synthetic drives' bags and replay a night drive (writes OUT/robot)")
     add_runtime(p)
     add_common(p)
 
 
 @command("demo", "the whole pipeline on the built-in synthetic world", _demo_args)
 def run_demo(args: argparse.Namespace) -> int:
+    if args.robot:
+        from vgssl_core.training.robot_demo import run_robot_demo
+
+        return finish(args, run_robot_demo(Path(args.out) / "robot", preset=args.preset, seed=args.seed,
+                                           device_name=args.device, progress=not args.quiet))
     from vgssl_core.training.demo import run_demo as demo
 
     return finish(args, demo(Path(args.out), preset=args.preset, seed=args.seed, device_name=args.device,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from vgssl_core.errors import VgsslError
-from vgssl_core.rosbag.bags import IMAGE_TYPES, NAVSATFIX, BagReader
+from vgssl_core.rosbag.bags import IMAGE_TYPES, NAVSATFIX, BagReader, ImageFrame
 from vgssl_core.rosbag.gnss import MAX_GAP_S, GnssTrack
 
 
@@ -30,15 +30,20 @@ class BagSelection:
 
 
 def select_mapping_frames(bag: BagReader, image_topic: str, gnss_topic: str, *, max_gap_s: float = MAX_GAP_S,
-                          min_spacing_m: float = 0.0) -> BagSelection:
+                          min_spacing_m: float = 0.0, track: GnssTrack | None = None,
+                          on_frame: Callable[[ImageFrame, np.ndarray], None] | None = None) -> BagSelection:
     """The frames of a mapping bag that make its database: those with a GNSS position (interpolated
     within ``max_gap_s``), that decode, and that lie at least ``min_spacing_m`` from the previously
-    kept frame. Candidates are decoded once here to check them; the rest are never decoded."""
+    kept frame. Candidates are decoded once here to check them; the rest are never decoded.
+
+    ``track``: the GNSS track to use (e.g. projected into another drive's zone; default: read from
+    ``gnss_topic``). ``on_frame(frame, utm)`` sees every kept frame while it is decoded (write it)."""
     if min_spacing_m < 0:
         raise VgsslError(f"--min-spacing must be >= 0 m, got {min_spacing_m}")
     if not max_gap_s > 0:
         raise VgsslError(f"--max-gap must be > 0 s, got {max_gap_s}")
-    track = GnssTrack.from_fixes(bag.gnss_fixes(gnss_topic))
+    if track is None:
+        track = GnssTrack.from_fixes(bag.gnss_fixes(gnss_topic))
     if len(track) == 0:
         raise VgsslError(f"{bag.path}: GNSS topic '{gnss_topic}' has no usable fix ({track.counts})")
     skipped: Counter = Counter()
@@ -64,6 +69,8 @@ def select_mapping_frames(bag: BagReader, image_topic: str, gnss_topic: str, *, 
         indices.append(frame.index)
         stamps.append(frame.stamp_ns)
         positions.append(pending.pop(frame.index))
+        if on_frame is not None:
+            on_frame(frame, positions[-1])
     if bag.missing(image_topic):  # announced by the bag's index, never read: say so, never a silent map
         skipped["unreadable_in_bag"] = bag.missing(image_topic)
     utm = np.array(positions, dtype=np.float64).reshape(-1, 2)
