@@ -296,7 +296,7 @@ def test_localize_image_service_between_processes(tmp_path, start_node, ros_node
     assert server.is_running()
     # Not asserted: the stand-in is test code, and once in ~10 full-suite runs on CI its process
     # hung in rclpy/Fast DDS teardown after SIGINT (killed after 10 s). The clean Ctrl-C exit of
-    # the project's own nodes is asserted in test_localizer.py and test_bag_replay.py.
+    # the project's own nodes is asserted in test_localizer_node.py and test_bag_replay.py.
     server.stop()
 
 

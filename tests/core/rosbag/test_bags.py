@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vgssl_core.rosbag.bags import (COMPRESSED_IMAGE, IMAGE, NAVSATFIX, STATUS_FIX, STATUS_NO_FIX, BagMessage,
-                             BagReader, BagWriter, play, typestore)
+                                    BagReader, play, typestore)
+from vgssl_core.rosbag.writer import BagWriter
 from vgssl_core.errors import VgsslError
 
 S = 1_000_000_000
