@@ -127,7 +127,7 @@ def test_gradcam_user_errors_are_one_line(tiny_world, ckpt, tmp_path, capsys):
     (tmp_path / "o.png").write_bytes(b"a file where the output folder goes")
     for args, message in [
         (["--ckpt", tmp_path / "nope.ckpt"], "checkpoint not found"),
-        (["--ckpt", ckpt, "--n", "0"], "--n: must be >= 1"),
+        (["--ckpt", ckpt, "--n", "0"], "--n must be >= 1"),
         (["--ckpt", ckpt, "--labels", "a,b"], "--labels needs 1"),
         (["--ckpt", tmp_path / "not_a_run"], "no best.ckpt or last.ckpt in this folder"),
         (["--ckpt", ckpt, "--out", tmp_path / "o.png"], "--out names a folder"),

@@ -255,7 +255,7 @@ def test_bag_mistakes_are_one_line_errors(drive, db, ckpt, tmp_path, capsys):
     fails(drive, "--image-topic", "/nope", "--gnss-topic", GNSS,
           message="no image topic '/nope' in this bag (it has: ")
     fails(drive, message="several GNSS topics")
-    fails(drive, "--gnss-topic", GNSS, "--gnss-tolerance", "-0.1", message="--gnss-tolerance must be >= 0 s")
+    fails(drive, "--gnss-topic", GNSS, "--gnss-tolerance", "-0.1", message="--gnss-tolerance must be a finite number >= 0")
     fails(tmp_path / "missing", message="no bag here")
     truncated = shutil.copytree(drive, tmp_path / "truncated")
     (data,) = truncated.glob("*.mcap")

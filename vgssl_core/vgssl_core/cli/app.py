@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from vgssl_core import __version__
@@ -34,6 +35,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one line on stderr (``vgssl CMD: error: ...``), exit 2, no usage dump."""
 
     def error(self, message: str):  # type: ignore[override]
+        message = re.sub(r"^argument (-[-\w]+)(?:/-[-\w]+)*: ", r"\1 ", message)  # "--top-k must be >= 1, got 0"
         raise UsageError(f"{self.prog}: error: {message} (see: {self.prog} --help)")
 
 
