@@ -47,12 +47,14 @@ def test_loss_decreases_over_a_short_run(tiny_world, tmp_path, method):
     # improves, so the mined loss is not a stationary objective whose decrease means learning.
     # SimCLR: batches of 4 pairs; the tiny world's 60 queries show few places, and full batches of 8
     # hold ~40 same-place pairs an epoch (in-batch false negatives), which keep NT-Xent near its start.
+    # The thresholds were measured with the strong augmentation set (SimCLR 2.10 -> 1.86); with the
+    # milder reference set the first epoch already starts lower (1.91), leaving less to show in 5 epochs.
     out = tmp_path / method
     batch_size, drop = (4, 0.95) if method == "simclr" else (8, 0.9)
     assert train(tiny_world, out, method, "--max-epochs", "5", "optim.lr=1e-3", "trainer.val_split=null",
                  "trainer.test_split=null", "data.db_negative_ratio=0", "model.freeze_stages=0",
                  "model.image_size=[48,64]", f"data.batch_size={batch_size}", "mining.cache_refresh_queries=60",
-                 "mining.mode=random") == 0
+                 "mining.mode=random", "data.augment=strong") == 0
     by_epoch = [float(r["loss_epoch"]) for r in _metrics(out) if r.get("loss_epoch")]
     assert len(by_epoch) == 5
     assert np.mean(by_epoch[-2:]) < drop * by_epoch[0]
