@@ -9,7 +9,7 @@ checkpoint or the new one, whole.
 
 SIGTERM (a cluster pre-empting the job; SLURM sends it before SIGKILL): Lightning notes the
 signal and stops after the current batch (on every rank under DDP); this callback then writes
-``last.ckpt`` before the process exits.
+``last.ckpt`` before the process exits with status 143.
 """
 
 from __future__ import annotations
@@ -55,3 +55,6 @@ class StepCheckpoint(pl.Callback):
             if trainer.is_global_zero:
                 log.warning(f"SIGTERM: stopped at step {trainer.global_step}; wrote {self.path} "
                             f"(continue with --resume {self.path})")
+            # Lightning re-raises this SystemExit; exit 143 (128 + SIGTERM) as a process the signal
+            # ended, not 0: a scheduler must not take a pre-empted run for a finished one
+            exception.code = 143
