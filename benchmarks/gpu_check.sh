@@ -7,7 +7,7 @@
 #   benchmarks/gpu_check.sh --cpu --quick   # a smoke test anywhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export PYTHONPATH="$PWD/vgssl_core${PYTHONPATH:+:$PYTHONPATH}"
