@@ -134,3 +134,14 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_world, tmp_p
     if with_test:
         assert ddp.stdout.count("trained simclr: 3 steps") == 1
         assert sorted(p.name for p in (tmp_path / "ddp").glob("*.json")) == ["config.json", "summary.json", "test.json"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.checkpoint_every_n_steps=0", "'trainer.checkpoint_every_n_steps' must be an integer >= 1 or null"),
+    ("trainer.checkpoint_every_minutes=-5", "'trainer.checkpoint_every_minutes' must be > 0 or null"),
+    ("trainer.sync_batchnorm=maybe", "'trainer.sync_batchnorm' is 'maybe'; valid: none, heads, all"),
+])
+def test_bad_scale_settings_are_one_line_errors(tmp_path, capsys, override, message):
+    assert run_cli("train", "--data", tmp_path / "none", "--out", tmp_path / "run", override) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
