@@ -35,6 +35,10 @@ def run_train(args: argparse.Namespace) -> int:
         overrides.append(f"trainer.max_epochs={args.max_epochs}")
     cfg = load_config(args.config, overrides)
     summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # a DDP worker: rank 0 reports the run
+        return 0
     line = f"trained {cfg.get('name') or cfg['method']}: {summary['steps']} steps in {summary['train_seconds']:.0f} s"
     if "test" in summary:
         line += f"; test {format_recall(summary['test']['recall'])}"

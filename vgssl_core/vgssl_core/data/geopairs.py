@@ -115,7 +115,7 @@ class GeoPairSampler:
                 f"{split.root}/images/{split.name}: no query has a database image within "
                 f"{config.train_radius_m} m; nothing to train on"
             )
-        self._descriptors: tuple[int, dict[int, np.ndarray], dict[int, np.ndarray]] | None = None
+        self._nearest: tuple[int, dict[int, int]] | None = None  # (epoch, query -> feature-nearest positive)
         self._plans: dict[int, tuple[list[list[GeoPair]], EpochStats]] = {}
         self._warned_pool = False
 
@@ -132,7 +132,7 @@ class GeoPairSampler:
     def needs_descriptors(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(query indices, database indices) to describe before ``epoch`` is planned, or None
         (uniform positives need no descriptors): the sampled queries and their candidate positives."""
-        if self.cfg.positive != "feature-nearest":
+        if self.cfg.positive != "feature-nearest" or (self._nearest is not None and self._nearest[0] == epoch):
             return None
         queries = self.epoch_queries(epoch)
         return queries, np.unique(np.concatenate([self.positives[q] for q in queries]))
@@ -140,18 +140,34 @@ class GeoPairSampler:
     def set_descriptors(self, epoch: int, q_idx: np.ndarray, q_desc: np.ndarray,
                         db_idx: np.ndarray, db_desc: np.ndarray) -> None:
         """The current model's L2-normalised descriptors of ``needs_descriptors(epoch)``."""
-        self._descriptors = (epoch, dict(zip(np.asarray(q_idx).tolist(), q_desc)),
-                             dict(zip(np.asarray(db_idx).tolist(), db_desc)))
+        q_by, db_by = dict(zip(np.asarray(q_idx).tolist(), q_desc)), dict(zip(np.asarray(db_idx).tolist(), db_desc))
+        nearest = {}
+        for q in np.asarray(q_idx).tolist():
+            candidates = self.positives[q]
+            sims = np.stack([db_by[int(c)] for c in candidates]) @ q_by[q]
+            nearest[int(q)] = int(candidates[int(np.argmax(sims))])
+        self._nearest = (epoch, nearest)
         self._plans.pop(epoch, None)
+
+    # -- state (checkpoints): the epoch's feature-nearest positives, so a run resumed mid-epoch
+    # replays the plan made with the model of the epoch's start, not the one it resumes with
+    def state_dict(self) -> dict[str, Any]:
+        if self._nearest is None:
+            return {}
+        epoch, nearest = self._nearest
+        return {"epoch": epoch, "queries": list(nearest), "positives": list(nearest.values())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("epoch") is not None:
+            self._nearest = (int(state["epoch"]), {int(q): int(b) for q, b in zip(state["queries"], state["positives"])})
+            self._plans.pop(self._nearest[0], None)
 
     def _choose_positive(self, epoch: int, q: int, rng: np.random.Generator) -> int:
         candidates = self.positives[q]
         if self.cfg.positive == "feature-nearest":
-            if self._descriptors is None or self._descriptors[0] != epoch:
+            if self._nearest is None or self._nearest[0] != epoch:
                 raise RuntimeError(f"feature-nearest positives need set_descriptors() for epoch {epoch} first")
-            _, q_desc, db_desc = self._descriptors
-            sims = np.stack([db_desc[int(c)] for c in candidates]) @ q_desc[q]
-            return int(candidates[int(np.argmax(sims))])
+            return self._nearest[1][q]
         return int(candidates[rng.integers(len(candidates))])
 
     # -- the epoch plan ------------------------------------------------------------------
@@ -215,10 +231,19 @@ class GeoPairSampler:
         return self.plan(epoch)[0]
 
     def shard(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[GeoPair]]:
-        """Rank ``rank``'s disjoint share of the epoch's batches; every rank gets the same count."""
-        batches = self.batches(epoch)
-        usable = len(batches) - len(batches) % world_size
-        return batches[rank:usable:world_size]
+        """Rank ``rank``'s share of the epoch's batches: its contiguous slice of each (global) batch,
+        so the ranks of one step together train on exactly the batch one process would.
+
+        Plan with ``batch_size`` = per-rank batch x ranks. A batch whose size is not a multiple
+        of the ranks (the epoch's last) loses its remainder; every rank gets the same count."""
+        return [rank_slice(b, rank, world_size) for b in self.batches(epoch) if len(b) >= 2 * world_size]
+
+
+def rank_slice(batch: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s contiguous, equally long slice of a global batch (the remainder is dropped);
+    concatenated in rank order the slices are the batch, the order ``all_gather`` returns."""
+    share = len(batch) // world_size
+    return batch[rank * share:(rank + 1) * share]
 
 
 def _fill_batches(conflicts: list[set[int]], batch_size: int) -> list[list[int]]:
@@ -272,9 +297,10 @@ class EpochBatches:
     workers receive items that fully describe what to load and how to augment it.
     """
 
-    def __init__(self, sampler: GeoPairSampler, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, sampler: GeoPairSampler, rank: int = 0, world_size: int = 1, skip: int = 0) -> None:
         self.sampler, self.rank, self.world_size = sampler, rank, world_size
         self.epoch = 0
+        self.skip = int(skip)  # batches of the epoch already trained on (a mid-epoch resume)
         self._cache: tuple[int, list[list[GeoPair]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -286,7 +312,9 @@ class EpochBatches:
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[GeoPair]]:
-        return iter(self._batches())
+        return iter(self._batches()[self.skip:])
 
     def __len__(self) -> int:
+        """The whole epoch's count, skipped batches included (Lightning counts a resumed epoch's
+        batches from where it stopped)."""
         return len(self._batches())

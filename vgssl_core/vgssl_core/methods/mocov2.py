@@ -8,6 +8,7 @@ from torch import Tensor
 
 from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.methods.base import MomentumMethod, check
+from vgssl_core.methods.distributed import gather_cat
 from vgssl_core.models.network import DescriptorModel
 
 
@@ -34,7 +35,9 @@ class MoCoV2(MomentumMethod):
     Defaults of the VG-SSL reference code (its MoCo v2): temperature 0.07, momentum 0.999
     (constant), queue 65536. Head: FC-1-2048 without BN. The queue is a non-persistent buffer
     (not in checkpoints; it refills within queue_size / batch steps after a resume).
-    Single process: keys are not gathered across devices and there is no shuffle-BN.
+    Under DDP the keys of all ranks enter the queue, with their positions, in rank order (the
+    global batch's order), so every rank holds the queue one process would. There is no
+    shuffle-BN (the default head has no BatchNorm).
 
     Examples:
         >>> method = MoCoV2(build_model({"head_layers": 1, "head_dim": 2048}), queue_size=65536)
@@ -75,7 +78,8 @@ class MoCoV2(MomentumMethod):
             keys = F.normalize(self.momentum_model(view_b), dim=1)
         loss = self.info_nce(queries, keys, positions[:, 0])
         if self.training and torch.is_grad_enabled():
-            self.enqueue(keys, positions[:, 1])
+            key_positions = positions[:, 1].to(self.queue_positions)
+            self.enqueue(gather_cat(keys, with_grad=False), gather_cat(key_positions, with_grad=False))
         return loss
 
     def same_place(self, query_positions: Tensor) -> Tensor:

@@ -17,6 +17,9 @@ class SimCLR(Method):
     is lightly's ``NTXentLoss`` (it L2-normalises the embeddings). Head: FC-1-2048, no BN.
     Temperature 0.07: the value of the VG-SSL reference code (its SimCLR shares MoCo's T).
 
+    Under DDP, ``gather_distributed`` (lightly's flag, on by default, no effect in one process)
+    takes the negatives from all ranks' embeddings: the loss of the global batch.
+
     Examples:
         >>> method = SimCLR(build_model({"head_layers": 1, "head_dim": 2048}), temperature=0.07)
         >>> loss = method.loss_pairs(view_a, view_b, positions)
@@ -24,10 +27,10 @@ class SimCLR(Method):
     """
 
     name = "simclr"
-    default_config = {"temperature": 0.07, "gather_distributed": False}
+    default_config = {"temperature": 0.07, "gather_distributed": True}
     model_defaults = {"head_layers": 1, "head_dim": 2048, "head_batchnorm": False}
 
-    def __init__(self, model: DescriptorModel, temperature: float = 0.07, gather_distributed: bool = False):
+    def __init__(self, model: DescriptorModel, temperature: float = 0.07, gather_distributed: bool = True):
         super().__init__(model)
         check(temperature > 0, f"simclr: temperature must be > 0, got {temperature}")
         self.config = {"temperature": float(temperature), "gather_distributed": bool(gather_distributed)}

@@ -18,6 +18,9 @@ class VICReg(Method):
     paper's coefficients 25 (invariance), 25 (variance), 1 (covariance). Head: FC-2-4096 with BN,
     no bias on the last layer (the reference).
 
+    Under DDP, ``gather_distributed`` (lightly's flag, on by default, no effect in one process)
+    computes the variance and covariance terms on all ranks' embeddings: the global batch's.
+
     Examples:
         >>> method = VICReg(build_model({"head_layers": 2, "head_dim": 4096, "head_batchnorm": True}))
         >>> loss = method.loss_pairs(view_a, view_b, positions)
@@ -25,11 +28,11 @@ class VICReg(Method):
     """
 
     name = "vicreg"
-    default_config = {"lambda_param": 25.0, "mu_param": 25.0, "nu_param": 1.0, "eps": 1e-4, "gather_distributed": False}
+    default_config = {"lambda_param": 25.0, "mu_param": 25.0, "nu_param": 1.0, "eps": 1e-4, "gather_distributed": True}
     model_defaults = {"head_layers": 2, "head_dim": 4096, "head_batchnorm": True, "head_final_bias": False}
 
     def __init__(self, model: DescriptorModel, lambda_param: float = 25.0, mu_param: float = 25.0,
-                 nu_param: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False):
+                 nu_param: float = 1.0, eps: float = 1e-4, gather_distributed: bool = True):
         super().__init__(model)
         for key, value in (("lambda_param", lambda_param), ("mu_param", mu_param), ("nu_param", nu_param)):
             check(value >= 0, f"vicreg: {key} must be >= 0, got {value}")

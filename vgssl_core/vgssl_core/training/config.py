@@ -24,6 +24,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine")
 BATCHNORM_MODES = ("train", "frozen")
+SYNC_BATCHNORM = ("none", "heads", "all")
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
@@ -78,6 +79,13 @@ DEFAULTS: dict[str, Any] = {
         # the benchmark's and VG-SSL's setting) or "frozen" (eval mode: the statistics the
         # backbone started with are kept and only the affine weights learn).
         "batchnorm": "train",
+        # Step checkpoints: last.ckpt also every N optimiser steps and/or every M minutes of wall
+        # time (null: epoch ends only); a resume from any of them is exact.
+        "checkpoint_every_n_steps": None,
+        "checkpoint_every_minutes": None,
+        # Under DDP: BatchNorm statistics over all ranks (SyncBatchNorm, GPUs only) in the
+        # projection heads/predictors ("heads"), also in the backbone ("all"), or per rank ("none").
+        "sync_batchnorm": "heads",
     },
 }
 
@@ -254,7 +262,8 @@ def resolve_config(preset: dict[str, Any] | None = None, overrides: list[str] | 
               ("trainer.precision", str(cfg["trainer"]["precision"]), PRECISIONS),
               ("optim.name", cfg["optim"]["name"], OPTIMIZERS),
               ("optim.scheduler", cfg["optim"]["scheduler"], SCHEDULERS),
-              ("trainer.batchnorm", cfg["trainer"]["batchnorm"], BATCHNORM_MODES)]
+              ("trainer.batchnorm", cfg["trainer"]["batchnorm"], BATCHNORM_MODES),
+              ("trainer.sync_batchnorm", cfg["trainer"]["sync_batchnorm"], SYNC_BATCHNORM)]
     for key, value, valid in checks:
         if value not in valid:
             raise VgsslError(f"config key '{key}' is '{value}'; valid: {', '.join(valid)}")
@@ -293,6 +302,15 @@ def _check_data_and_mining(cfg: dict[str, Any]) -> None:
         raise VgsslError(f"config key 'data.positive' is '{data['positive']}'; valid: {', '.join(POSITIVE_CHOICES)}")
     data["queries_per_epoch"] = _optional_count(data["queries_per_epoch"], "data.queries_per_epoch")
     mining["queries_per_epoch"] = _optional_count(mining["queries_per_epoch"], "mining.queries_per_epoch")
+    trainer = cfg["trainer"]
+    trainer["checkpoint_every_n_steps"] = _optional_count(trainer["checkpoint_every_n_steps"],
+                                                          "trainer.checkpoint_every_n_steps")
+    minutes = trainer["checkpoint_every_minutes"]
+    if minutes is not None:
+        minutes = _float(minutes, "trainer.checkpoint_every_minutes")
+        if not minutes > 0:
+            raise VgsslError(f"config key 'trainer.checkpoint_every_minutes' must be > 0 or null, got {minutes}")
+        trainer["checkpoint_every_minutes"] = minutes
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

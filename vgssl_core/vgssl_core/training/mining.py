@@ -51,15 +51,31 @@ class TripletMiner:
         wanted = mining.get("queries_per_epoch") or data.get("queries_per_epoch") or len(self.usable)
         self.queries_per_epoch = int(wanted)
         self.previous_hardest: dict[int, tuple[int, ...]] = {}  # full mode: query -> its last negatives
+        self.mined: dict[int, dict[int, list[Triplet]]] = {}  # the current epoch's mined chunks
 
     # -- state (checkpoints) -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         queries = sorted(self.previous_hardest)
-        return {"queries": queries, "negatives": [list(self.previous_hardest[q]) for q in queries]}
+        mined = [{"epoch": e, "chunk": c, "triplets": [[t.query, t.positive, list(t.negatives), t.seed] for t in ts]}
+                 for e, chunks in self.mined.items() for c, ts in chunks.items()]
+        return {"queries": queries, "negatives": [list(self.previous_hardest[q]) for q in queries], "mined": mined}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.previous_hardest = {int(q): tuple(int(n) for n in negs)
                                  for q, negs in zip(state.get("queries", []), state.get("negatives", []))}
+        self.mined = {}
+        for entry in state.get("mined", []):
+            self.mined.setdefault(int(entry["epoch"]), {})[int(entry["chunk"])] = [
+                Triplet(int(q), int(p), tuple(int(n) for n in negs), int(seed)) for q, p, negs, seed in entry["triplets"]]
+
+    def chunk(self, epoch: int, describe: Describe, chunk: int) -> list[Triplet]:
+        """Chunk ``chunk`` of ``epoch``: mined now, or as it was mined before (a resumed run).
+        Only the current epoch's chunks are kept."""
+        if epoch not in self.mined:
+            self.mined = {epoch: {}}
+        if chunk not in self.mined[epoch]:
+            self.mined[epoch][chunk] = self.triplets(epoch, describe, chunk)
+        return self.mined[epoch][chunk]
 
     # -- the epoch's queries -----------------------------------------------------------------
     def epoch_chunks(self, epoch: int) -> list[np.ndarray]:
@@ -136,25 +152,43 @@ class MinedBatches:
     ``cache_refresh_queries`` queries, refresh again). Mining runs in the main process, where the
     data loader draws batches; with workers it runs a few batches ahead of the optimizer.
 
-    Each rank takes a disjoint, equally long share of every chunk.
+    Each chunk is cut into global batches of ``batch_size`` x ranks triplets and each rank takes
+    its contiguous slice of each (``rank_slice``), so the ranks of one step train on the batch one
+    process would. Every rank mines the same chunk with the same (DDP-synchronised) weights.
+
+    Mined chunks are kept in ``miner.mined`` (epoch -> chunk -> triplets) and saved in checkpoints
+    with the miner's state: mining runs ahead of the optimizer (prefetch), so a run resumed
+    mid-epoch takes the chunks the interrupted run had already mined from there instead of
+    mining them again with later weights. ``skip`` leaves out the batches already trained on.
     """
 
     def __init__(self, miner: TripletMiner, epoch: int, describe: Describe, batch_size: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, skip: int = 0) -> None:
         self.miner, self.epoch, self.describe = miner, epoch, describe
         self.batch_size, self.rank, self.world_size = int(batch_size), rank, world_size
+        self.skip = int(skip)
         self.chunks = miner.epoch_chunks(epoch)
 
-    def _share(self, n: int) -> int:
-        return (n - n % self.world_size) // self.world_size
+    def _n_batches(self, n: int) -> int:
+        per_step = self.batch_size * self.world_size
+        return sum(1 for i in range(0, n, per_step) if min(per_step, n - i) >= self.world_size)
 
     def __len__(self) -> int:
-        return sum(math.ceil(self._share(len(c)) / self.batch_size) for c in self.chunks)
+        """The whole epoch's count, skipped batches included (mined triplets per chunk can only
+        be fewer than its queries when a query finds too few negatives; then the epoch ends early)."""
+        return sum(self._n_batches(len(c)) for c in self.chunks)
 
     def __iter__(self) -> Iterator[list[Triplet]]:
+        from vgssl_core.data.geopairs import rank_slice
+
+        done, per_step = 0, self.batch_size * self.world_size
         for c in range(len(self.chunks)):
-            triplets = self.miner.triplets(self.epoch, self.describe, c)
-            usable = len(triplets) - len(triplets) % self.world_size
-            mine = triplets[self.rank:usable:self.world_size]
-            for i in range(0, len(mine), self.batch_size):
-                yield mine[i:i + self.batch_size]
+            # chunks trained on before a resume come from the checkpoint, not mined again
+            triplets = self.miner.chunk(self.epoch, self.describe, c)
+            for i in range(0, len(triplets), per_step):
+                mine = rank_slice(triplets[i:i + per_step], self.rank, self.world_size)
+                if not mine:
+                    continue
+                done += 1
+                if done > self.skip:
+                    yield mine

@@ -2,11 +2,18 @@
 
 An SSL method sees batches of GeoPairs (two views of one place); the triplet baseline sees
 mined triplets. Either way the epoch's plan is made when its data loader is built (Lightning
-reloads it every epoch), from (seed, epoch) alone, so a resumed run replays the same batches.
+reloads it every epoch), from (seed, epoch) alone, so a resumed run replays the same batches;
+a checkpoint also records how many batches of its epoch were trained on (``position``), and a
+run resumed mid-epoch skips those.
+
+Under DDP every rank plans the same epoch with global batches of ``data.batch_size`` x ranks and
+trains on its contiguous slice of each, so a step of N ranks is a step of one process on the
+global batch (with gathered losses, ``methods.distributed``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -52,8 +59,47 @@ class VgsslModule(pl.LightningModule):
             skipped = self.sampler.n_queries_without_positive
         self.n_queries_without_positive = skipped
         self._tick: float | None = None
+        self.position = {"epoch": 0, "batches": 0}  # batches of the current epoch trained on
+        self._resume_at: dict[str, int] | None = None  # a mid-epoch checkpoint's position
         # what each epoch's plan held (EpochStats / the miner's counts): summary.json's data_history
         self.data_history: list[dict[str, Any]] = []
+
+    # -- distributed --------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Once the process group exists: plan global batches, synchronise BatchNorm if asked."""
+        world = self.trainer.world_size
+        if world > 1 and self.sampler is not None:
+            self.sampler = GeoPairSampler(self.train_split, dataclasses.replace(
+                self.sampler.cfg, batch_size=int(self.cfg["data"]["batch_size"]) * world))
+        if world > 1:
+            self._sync_batchnorm(self.cfg["trainer"]["sync_batchnorm"])
+
+    def _sync_batchnorm(self, mode: str) -> None:
+        """``trainer.sync_batchnorm``: heads/predictors (BT, VICReg, BYOL, SimSiam heads) or all
+        training BatchNorm layers compute statistics over the global batch."""
+        if mode == "none":
+            return
+        skip_backbone = mode == "heads" or self.cfg["trainer"]["batchnorm"] == "frozen"
+
+        def convert(parent: torch.nn.Module, dry_run: bool) -> int:
+            found = 0
+            for name, child in parent.named_children():
+                if skip_backbone and name == "backbone":
+                    continue
+                if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                    found += 1
+                    if not dry_run:
+                        setattr(parent, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                else:
+                    found += convert(child, dry_run)
+            return found
+
+        if self.trainer.strategy.root_device.type == "cpu":
+            if convert(self.method, dry_run=True) and self.trainer.is_global_zero:
+                log.warning(f"note: trainer.sync_batchnorm={mode} needs GPUs (torch's SyncBatchNorm); "
+                            "on CPU each rank's BatchNorm uses its own batch statistics")
+            return
+        convert(self.method, dry_run=False)
 
     # -- data ---------------------------------------------------------------------------
     def _describe(self, side: str, indices: np.ndarray) -> np.ndarray:
@@ -70,8 +116,12 @@ class VgsslModule(pl.LightningModule):
         data, epoch = self.cfg["data"], self.current_epoch
         size = self.cfg["model"]["image_size"]
         rank, world = self.trainer.global_rank, self.trainer.world_size
+        skip = 0
+        if self._resume_at is not None and self._resume_at["epoch"] == epoch:
+            skip = int(self._resume_at["batches"])  # a mid-epoch resume: these were trained on
+        self._resume_at = None
         if self.sampler is None:
-            batches = MinedBatches(self.miner, epoch, self._describe, data["batch_size"], rank, world)
+            batches = MinedBatches(self.miner, epoch, self._describe, data["batch_size"], rank, world, skip)
             dataset = TripletImages(self.train_split, size, data["augment"])
             self._record_data({"epoch": epoch, "queries": self.miner.queries_per_epoch,
                                "cache_refreshes": len(batches.chunks), "batches": len(batches)},
@@ -91,7 +141,7 @@ class VgsslModule(pl.LightningModule):
             stats = self.sampler.plan(epoch)[1]
             extra = {} if needed is None else {"descriptor_refresh_s": refresh_s}
             self._record_data({**stats.as_dict(), **extra}, stats.line() + line_end)
-            dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world)
+            dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world, skip)
             batches.set_epoch(epoch)
         workers = int(data["workers"])
         return DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False,
@@ -128,15 +178,22 @@ class VgsslModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise VgsslError(f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                              "stopped; the last good checkpoint is kept — lower optim.lr or check the data")
+        self.position = {"epoch": int(self.current_epoch), "batches": int(batch_idx) + 1}
         now = time.perf_counter()
-        if self._tick is not None:
-            self.log("img_s", n_images / max(now - self._tick, 1e-9), prog_bar=True, on_step=True, on_epoch=False)
+        if self._tick is not None:  # all ranks' images: the global batch
+            self.log("img_s", n_images * self.trainer.world_size / max(now - self._tick, 1e-9), prog_bar=True,
+                     on_step=True, on_epoch=False)
         self._tick = now
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_images)
+        # the mean over ranks: the global batch's loss (each rank's is its slice's mean, or the
+        # whole batch's where the method gathers)
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_images, sync_dist=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
         self._tick = None
+        self._apply_batchnorm_mode()
+
+    def on_train_start(self) -> None:  # a run resumed mid-epoch gets no on_train_epoch_start
         self._apply_batchnorm_mode()
 
     def train(self, mode: bool = True) -> "VgsslModule":
@@ -165,7 +222,10 @@ class VgsslModule(pl.LightningModule):
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.eval()
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The step, then the method's update (momentum encoders) at once, so a checkpoint
+        written by a callback at the batch's end already holds it."""
+        super().optimizer_step(*args, **kwargs)
         max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         self.method.after_optimizer_step(self.global_step, int(max_steps))
 
@@ -204,14 +264,20 @@ class VgsslModule(pl.LightningModule):
             "config": self.cfg,
             "model_prefix": MODEL_PREFIX,
         }
-        checkpoint[DATA_KEY] = {"history": self.data_history,
-                                "miner": self.miner.state_dict() if self.sampler is None else None}
+        checkpoint[DATA_KEY] = {"history": self.data_history, "position": dict(self.position),
+                                "miner": self.miner.state_dict() if self.sampler is None else None,
+                                "sampler": self.sampler.state_dict() if self.sampler is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         data = checkpoint.get(DATA_KEY) or {}
         self.data_history = list(data.get("history", []))
         if self.sampler is None and data.get("miner") is not None:
             self.miner.load_state_dict(data["miner"])
+        if self.sampler is not None and data.get("sampler"):
+            self.sampler.load_state_dict(data["sampler"])
+        if data.get("position"):
+            self.position = dict(data["position"])
+            self._resume_at = dict(data["position"])
         check_resumable(checkpoint, self.cfg)
 
 

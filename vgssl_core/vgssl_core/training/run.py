@@ -29,6 +29,7 @@ from vgssl_core.models.loading import load_descriptor_model
 from vgssl_core.models.weights import init_record
 from vgssl_core.io import torch_save, write_json, write_text
 from vgssl_core.training.module import VgsslModule, check_resumable
+from vgssl_core.training.step_checkpoints import StepCheckpoint
 
 log = logging.getLogger("vgssl")
 
@@ -63,11 +64,14 @@ class ValidateAndCheckpoint(pl.Callback):
 
     def _validate(self, trainer: pl.Trainer, module: VgsslModule) -> None:
         model = module.method.model
-        report, *_ = evaluate_split(model, self.cfg["model"], self.val_split, module.device,
-                                    batch_size=self.cfg["trainer"]["eval_batch_size"],
-                                    workers=self.cfg["data"]["workers"], progress=False)
+        report = None
+        if trainer.is_global_zero:  # under DDP: rank 0 evaluates, the others receive its report
+            report, *_ = evaluate_split(model, self.cfg["model"], self.val_split, module.device,
+                                        batch_size=self.cfg["trainer"]["eval_batch_size"],
+                                        workers=self.cfg["data"]["workers"], progress=False)
+        report = trainer.strategy.broadcast(report, src=0)
         for n, r in report["recall"].items():
-            module.log(f"val_R@{n}", r, prog_bar=n in ("1", "5"), on_epoch=True, sync_dist=False)
+            module.log(f"val_R@{n}", float(r), prog_bar=n in ("1", "5"), on_epoch=True, sync_dist=True)
         r5 = report["recall"]["5"]
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, "recall": report["recall"]})
         if trainer.is_global_zero:
@@ -79,11 +83,11 @@ class ValidateAndCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: VgsslModule) -> None:
         if self.val_split is not None and (trainer.current_epoch + 1) % self.every == 0:
             self._validate(trainer, module)
-        trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
-
-    def on_train_end(self, trainer: pl.Trainer, module: VgsslModule) -> None:
-        # a run stopped by max_steps mid-epoch still leaves its final weights
-        trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
+        # an epoch cut short by max_steps keeps the step checkpoint of its last batch
+        # (StepCheckpoint): written here it would read as a finished epoch, and a resume would skip the rest
+        cut_short = 0 < trainer.max_steps <= trainer.global_step and module.position["batches"] < trainer.num_training_batches
+        if not cut_short:
+            trainer.save_checkpoint(self.run_dir / "last.ckpt", weights_only=False)
 
     def on_exception(self, trainer: pl.Trainer, module: VgsslModule, exception: BaseException) -> None:
         # Ctrl-C: keep what was learnt so far (Lightning then exits; ``train`` reports it)
@@ -223,9 +227,12 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     if cfg["model"]["aggregation"] == "netvlad" and resume is None:
         _init_netvlad(module, cfg)
     callback = ValidateAndCheckpoint(run_dir, val_split, trainer_cfg["val_every_n_epochs"], cfg)
+    steps = StepCheckpoint(run_dir, trainer_cfg["checkpoint_every_n_steps"], trainer_cfg["checkpoint_every_minutes"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        # our batch samplers skip what a mid-epoch checkpoint trained on (VgsslModule.position)
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         trainer = pl.Trainer(
             default_root_dir=str(run_dir),
             max_epochs=int(trainer_cfg["max_epochs"]),
@@ -238,7 +245,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
             gradient_clip_val=cfg["optim"]["grad_clip"],
             deterministic=bool(trainer_cfg["deterministic"]),
             logger=_loggers(cfg, run_dir, resume_step) or False,
-            callbacks=[callback],
+            callbacks=[callback, steps],
             enable_checkpointing=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
