@@ -10,8 +10,10 @@ only does what is missing. ``collect_runs`` reads existing run folders instead.
 The table has one row per strategy, grouped by category as in VG-SSL (contrastive,
 self-distillation, information maximization, then the supervised baseline), and R@1/5/10 per
 dataset, plus the attention shares (geo %, geo lift, transient %) where runs have them; several
-seeds give mean ± sample standard deviation. In each column the best value is bold and the
-second best underlined (compared as displayed; for transient % the lowest is best)::
+seeds give mean ± sample standard deviation. ``starting_points`` adds, first, the untrained model
+of each backbone and initialisation in the grid, so the table shows what training added. In each
+column the best value is bold and the second best underlined (compared as displayed; for
+transient % the lowest is best)::
 
     runs = run_grid(["demo-simclr", "demo-byol"], ["worlds/demo"], seeds=[0, 1], out=Path("runs/table"))
     table = build_table(runs)
@@ -267,7 +269,8 @@ def starting_points(runs: Sequence[Run], out: Path, *, device=None, progress: bo
         init = _read_json(run.path / "test.json").get("init") or {}
         weights = {"imagenet": "imagenet", "random": "random", "file": init.get("file")}.get(init.get("init"))
         if not cfg.get("model") or not weights:
-            log(f"{run.path}: initial weights not recorded; no starting point for it")
+            log(f"{run.path}: initial weights not recorded (or not imagenet / random / a file); "
+                "no starting point for it")
             continue
         if not Path(run.data_root).is_dir():
             log(f"{run.path}: its dataset {run.data_root} is not found; no starting point for it")
@@ -286,7 +289,7 @@ def starting_points(runs: Sequence[Run], out: Path, *, device=None, progress: bo
                 model.to(device)
             report, *_ = evaluate_split(model, model_cfg, load_split(run.data_root, run.split),
                                         device or next(model.parameters()).device, progress=progress)
-            report["init"] = {**init, "step": 0} if init.get("init") == "file" else dict(init)
+            report["init"] = dict(init)
             write_json(folder / "config.json", {"name": name, "method": "untrained", "model": model_cfg})
             write_json(folder / "test.json", report)
         done[folder] = read_run(folder)
