@@ -64,6 +64,8 @@ def _table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", type=int, default=0, metavar="N",
                    help="also measure geo-relevance (Grad-CAM on N test queries) for each run with class masks")
     p.add_argument("--attention-target", default="retrieved", choices=("retrieved", "true"))
+    p.add_argument("--no-start", action="store_true",
+                   help="leave out the starting-point rows (the untrained model of each backbone and init)")
     p.add_argument("--max-steps", type=positive_int, help="stop each training after this many optimiser steps")
     p.add_argument("--max-epochs", type=positive_int, help="stop each training after this many epochs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every training")
@@ -75,8 +77,8 @@ def _table_args(p: argparse.ArgumentParser) -> None:
 @command("table", "train a grid of strategies (or collect runs) and write the paper-style table", _table_args)
 def run_table(args: argparse.Namespace) -> int:
     from vgssl_core.evaluation.descriptors import resolve_device
-    from vgssl_core.training.results import (DEMO_PRESETS, build_table, collect_runs, ensure_attention, run_grid, synthetic_world,
-                          to_csv, to_dict, to_markdown)
+    from vgssl_core.training.results import (DEMO_PRESETS, build_table, collect_runs, ensure_attention, run_grid,
+                          starting_points, synthetic_world, to_csv, to_dict, to_markdown)
 
     _split_overrides(args, "configs", "data", "runs")
     ns = [str(n) for n in parse_ns(args.recall_n)]
@@ -102,6 +104,8 @@ def run_table(args: argparse.Namespace) -> int:
         runs = run_grid(args.configs or list(DEMO_PRESETS), data, seeds=_seeds(args.seeds), out=out,
                         overrides=overrides, progress=not args.quiet, attention_n=args.attention,
                         attention_target=args.attention_target, device=device)
+    if not args.no_start:
+        runs = starting_points(runs, out, device=device, progress=not args.quiet) + runs
     table = build_table(runs, ns)
     markdown, text_csv = to_markdown(table), to_csv(table)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, positive_int, registrar
+from vgssl_core.cli.common import add_common, add_runtime, finish, format_recall, nonnegative_int, positive_int, registrar
 
 COMMANDS: list = []
 command = registrar(COMMANDS)
@@ -49,16 +49,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 # --- demo ----------------------------------------------------------------------------------
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="folder for the world and the runs")
-    p.add_argument("--preset", default="demo", help="synthetic world preset")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/demo", help="folder for the world, the runs and demo.json")
+    p.add_argument("--data", help="a benchmark-format dataset root (train/val/test) instead of the synthetic world")
+    p.add_argument("--preset", default="demo", help="synthetic world preset (without --data)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="world and training seed")
     p.add_argument("--robot", action="store_true",
                    help="instead: train on synthetic drives' bags and replay a night drive (writes OUT/robot)")
+    p.add_argument("--attention", type=nonnegative_int, default=16, metavar="N",
+                   help="Grad-CAM attention shares on N test queries (datasets with class masks; 0: skip)")
+    p.add_argument("--max-steps", type=positive_int, help="stop each training after this many optimiser steps")
+    p.add_argument("--max-epochs", type=positive_int, help="stop each training after this many epochs")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every training")
     add_runtime(p)
     add_common(p)
 
 
-@command("demo", "the whole pipeline on the built-in synthetic world", _demo_args)
+@command("demo", "does training work? starting points vs SSL + GeoPair vs triplet, with intervals", _demo_args)
 def run_demo(args: argparse.Namespace) -> int:
     if args.robot:
         from vgssl_core.training.robot_demo import run_robot_demo
@@ -67,7 +73,11 @@ def run_demo(args: argparse.Namespace) -> int:
                                            device_name=args.device, progress=not args.quiet))
     from vgssl_core.training.demo import run_demo as demo
 
-    return finish(args, demo(Path(args.out), preset=args.preset, seed=args.seed, device_name=args.device,
-                              batch_size=args.batch_size, workers=args.workers, progress=not args.quiet))
-
-
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"trainer.max_steps={args.max_steps}")
+    if args.max_epochs is not None:
+        overrides.append(f"trainer.max_epochs={args.max_epochs}")
+    return finish(args, demo(Path(args.out), data=args.data, preset=args.preset, seed=args.seed,
+                             device_name=args.device, batch_size=args.batch_size, workers=args.workers,
+                             progress=not args.quiet, attention_n=args.attention, overrides=overrides))

@@ -10,8 +10,10 @@ only does what is missing. ``collect_runs`` reads existing run folders instead.
 The table has one row per strategy, grouped by category as in VG-SSL (contrastive,
 self-distillation, information maximization, then the supervised baseline), and R@1/5/10 per
 dataset, plus the attention shares (geo %, geo lift, transient %) where runs have them; several
-seeds give mean ± sample standard deviation. In each column the best value is bold and the
-second best underlined (compared as displayed; for transient % the lowest is best)::
+seeds give mean ± sample standard deviation. ``starting_points`` adds, first, the untrained model
+of each backbone and initialisation in the grid, so the table shows what training added. In each
+column the best value is bold and the second best underlined (compared as displayed; for
+transient % the lowest is best)::
 
     runs = run_grid(["demo-simclr", "demo-byol"], ["worlds/demo"], seeds=[0, 1], out=Path("runs/table"))
     table = build_table(runs)
@@ -42,10 +44,11 @@ CATEGORIES: dict[str, str] = {
     "barlow_twins": "information maximization",
     "vicreg": "information maximization",
     "triplet": "supervised",
+    "untrained": "no training",
 }
-CATEGORY_ORDER = ("contrastive", "self-distillation", "information maximization", "supervised", "other")
+CATEGORY_ORDER = ("no training", "contrastive", "self-distillation", "information maximization", "supervised", "other")
 METHOD_LABELS = {"simclr": "SimCLR", "mocov2": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam",
-                 "barlow_twins": "BT", "vicreg": "VICReg", "triplet": "Triplet"}
+                 "barlow_twins": "BT", "vicreg": "VICReg", "triplet": "Triplet", "untrained": "Untrained"}
 DEMO_PRESETS = ("demo-simclr", "demo-mocov2", "demo-byol", "demo-simsiam", "demo-bt", "demo-vicreg", "demo-triplet")
 DEFAULT_NS = ("1", "5", "10")
 
@@ -83,6 +86,9 @@ def method_label(cfg: dict[str, Any]) -> str:
     label = METHOD_LABELS.get(method, method)
     if method == "triplet":
         label += f" ({(cfg.get('mining') or {}).get('mode', '?')} mining)"
+    if method == "untrained":
+        model = cfg.get("model") or {}
+        label += f" ({model.get('backbone', '?')} {model.get('layer', '?')}, starting point)"
     return label
 
 
@@ -253,6 +259,58 @@ def ensure_attention(run: Run, *, n: int = 8, target: str = "retrieved", device=
     write_json(run.path / "attention.json", _json_safe(report))
     run.attention = _json_safe(report)
     return run
+
+
+def starting_points(runs: Sequence[Run], out: Path, *, device=None, progress: bool = False, log=print) -> list[Run]:
+    """The untrained model of each backbone and initialisation in ``runs``, scored on each run's
+    dataset and split: the table's starting-point rows, so it shows what training added.
+
+    Each is an ``OUT/start/<dataset>/untrained-<backbone>-<layer>-<aggregation>-<init>-<hash>/``
+    folder with ``config.json`` and ``test.json``, skipped when already there. Runs whose initial
+    weights were not recorded, or whose dataset is not found, get no starting point (one line).
+    """
+    import hashlib
+
+    from vgssl_core.data.dataset import load_split
+    from vgssl_core.evaluation.split import evaluate_split
+    from vgssl_core.io import write_json
+    from vgssl_core.models.config import resolve_model_config
+    from vgssl_core.models.loading import load_descriptor_model
+
+    done: dict[Path, Run] = {}
+    for run in runs:
+        if run.method == "untrained":
+            continue
+        cfg = _read_json(run.path / "config.json") if (run.path / "config.json").is_file() else {}
+        init = _read_json(run.path / "test.json").get("init") or {}
+        weights = {"imagenet": "imagenet", "random": "random", "file": init.get("file")}.get(init.get("init"))
+        if not cfg.get("model") or not weights:
+            log(f"{run.path}: initial weights not recorded (or not imagenet / random / a file); "
+                "no starting point for it")
+            continue
+        if not Path(run.data_root).is_dir():
+            log(f"{run.path}: its dataset {run.data_root} is not found; no starting point for it")
+            continue
+        model_cfg = resolve_model_config({**cfg["model"], "weights": weights})
+        digest = hashlib.sha256(json.dumps([model_cfg, run.data_root, run.split], sort_keys=True).encode())
+        name = (f"untrained-{model_cfg['backbone']}-{model_cfg['layer']}-{model_cfg['aggregation']}-"
+                f"{run.init.split()[0]}-{digest.hexdigest()[:8]}")
+        folder = out / "start" / run.dataset / name
+        if folder in done:
+            continue
+        if not (folder / "test.json").is_file():
+            log(f"starting point {name}: scoring the untrained model on {run.data_root} ({run.split})")
+            model, model_cfg, _ = load_descriptor_model(None, model_cfg)
+            if device is not None:
+                model.to(device)
+            report, *_ = evaluate_split(model, model_cfg, load_split(run.data_root, run.split),
+                                        device or next(model.parameters()).device, progress=progress)
+            report["init"] = dict(init)
+            write_json(folder / "config.json", {"name": name, "method": "untrained", "model": model_cfg})
+            write_json(folder / "test.json", report)
+        done[folder] = read_run(folder)
+    have = {r.path.resolve() for r in runs}
+    return [r for folder, r in done.items() if folder.resolve() not in have]
 
 
 def _json_safe(value: Any) -> Any:
