@@ -65,8 +65,10 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_world, tmp_path, metho
     assert run_cli("train", "--data", tiny_world, "--out", part, "--max-steps", 4, *args) == 0
     stopped = read_checkpoint(part / "last.ckpt")
     assert stopped["global_step"] == 4 and stopped["vgssl_data"]["position"] == {"epoch": 0, "batches": 4}
-    if method == "triplet":  # 2 batches a refresh: the third refresh was mined before the stop
-        assert [m["chunk"] for m in stopped["vgssl_data"]["miner"]["mined"]] == [0, 1, 2]
+    if method == "triplet":  # 2 batches a refresh: the 4 trained batches needed refreshes 0 and 1; the
+        # loader may have mined refresh 2 ahead of the stop (it prefetches), which the resume reuses
+        mined = [m["chunk"] for m in stopped["vgssl_data"]["miner"]["mined"]]
+        assert mined in ([0, 1], [0, 1, 2]), mined
     assert run_cli("train", "--data", tiny_world, "--out", part, "--max-steps", 5, "--resume", part / "last.ckpt",
                    *args) == 0
     assert_same_weights(tmp_path / "whole" / "last.ckpt", part / "last.ckpt")
