@@ -53,7 +53,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_world, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vgssl_core", "train", "--data", str(tiny_world), "--out", str(out),
                              "method=simclr", *FAST, "data.queries_per_epoch=null", "--max-epochs", "50"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                            env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+                            # a job started in the background by a non-interactive shell inherits SIGINT
+                            # ignored; give the child the disposition a user's terminal gives it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while not (out / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -115,6 +115,11 @@ def acquire_domain() -> tuple[int, int]:
     raise RuntimeError(f"all test ROS domains {DOMAIN_IDS[0]}..{DOMAIN_IDS[-1]} are held by other test runs")
 
 
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ros_test_process_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Localhost discovery, the profile and a log folder for this pytest process itself.
@@ -173,6 +178,9 @@ class NodeProcess:
         self.popen = subprocess.Popen(
             argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
+            # a test run started in the background by a non-interactive shell (CI) inherits SIGINT
+            # ignored, and so would the node: give it the disposition a user's terminal gives it
+            preexec_fn=_default_sigint,
         )
 
     @property

@@ -94,16 +94,17 @@ def test_the_node_publishes_the_calibrated_confidence_and_covariance(drive, star
         confidence, covariance = replayed["output_confidence"][i], replayed["output_covariance"][i]
         # the calibrated values, not the raw ones the replay also recorded
         assert not np.isclose(confidence, replayed["raw_output_confidence"][i])
-        assert loc.confidence == pytest.approx(confidence, abs=1e-5)  # float32 on the wire
-        assert np.allclose(np.reshape(loc.position_covariance, (2, 2)), covariance, rtol=1e-5, atol=1e-6)
-        assert np.allclose(np.reshape(fix.position_covariance, (3, 3))[:2, :2], covariance, rtol=1e-5, atol=1e-6)
+        # equal up to float rounding (torch thread counts differ) and float32 on the wire
+        assert loc.confidence == pytest.approx(confidence, abs=1e-4)
+        assert np.allclose(np.reshape(loc.position_covariance, (2, 2)), covariance, rtol=1e-4, atol=1e-6)
+        assert np.allclose(np.reshape(fix.position_covariance, (3, 3))[:2, :2], covariance, rtol=1e-4, atol=1e-6)
         want = NavSatStatus.STATUS_FIX if confidence >= MIN_CONFIDENCE else NavSatStatus.STATUS_NO_FIX
         assert fix.status.status == want
         pose = stamped(poses, frame.stamp_ns)
         if confidence >= MIN_CONFIDENCE:
             ros_node.spin_until(lambda: bool(stamped(poses, frame.stamp_ns)), 5.0, f"the pose of frame {i}")
             pose = stamped(poses, frame.stamp_ns)
-            assert np.allclose(np.reshape(pose[0].pose.covariance, (6, 6))[:2, :2], covariance, rtol=1e-5)
+            assert np.allclose(np.reshape(pose[0].pose.covariance, (6, 6))[:2, :2], covariance, rtol=1e-4)
         else:
             assert pose == []
     # the calibrated covariance is the file's model of the raw one

@@ -29,7 +29,7 @@ from vgssl_core.models.loading import load_descriptor_model
 from vgssl_core.models.weights import init_record
 from vgssl_core.io import torch_save, write_json, write_text
 from vgssl_core.training.module import VgsslModule, check_resumable
-from vgssl_core.training.step_checkpoints import StepCheckpoint
+from vgssl_core.training.step_checkpoints import SIGTERM_EXIT, StepCheckpoint
 
 log = logging.getLogger("vgssl")
 
@@ -259,7 +259,9 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
         start = time.perf_counter()
         try:
             trainer.fit(module, ckpt_path=str(resume) if resume else None, weights_only=True)
-        except SystemExit:  # Lightning's answer to Ctrl-C (after ``on_exception``)
+        except SystemExit as exc:  # Lightning's answer to Ctrl-C (after ``on_exception``) and to SIGTERM
+            if exc.code == SIGTERM_EXIT:  # pre-empted: StepCheckpoint wrote last.ckpt; exit as the signal would
+                raise
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left it ignored
             step = getattr(callback, "interrupted_at", None)
             where = f"; step {step} saved in {run_dir / 'last.ckpt'} (--resume it)" if step else ""

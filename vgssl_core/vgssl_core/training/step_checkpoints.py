@@ -21,6 +21,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+SIGTERM_EXIT = 143  # 128 + SIGTERM: what a shell reports for a process the signal ended
+
 log = logging.getLogger("vgssl")
 
 
@@ -57,4 +59,4 @@ class StepCheckpoint(pl.Callback):
                             f"(continue with --resume {self.path})")
             # Lightning re-raises this SystemExit; exit 143 (128 + SIGTERM) as a process the signal
             # ended, not 0: a scheduler must not take a pre-empted run for a finished one
-            exception.code = 143
+            exception.code = SIGTERM_EXIT
