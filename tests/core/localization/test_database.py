@@ -107,7 +107,9 @@ def test_bad_files_are_named_and_pickles_never_load(built, tmp_path):
     np.save(db / "utm.npy", np.zeros((60, 3)))
     with pytest.raises(VgsslError, match=r"utm.npy: expected a 60x2 float64 array"):
         MapDatabase.load(db)
-    np.save(db / "utm.npy", np.array([{"evil": 1}] * 60, dtype=object), allow_pickle=True)
+    with open(db / "utm.npy", "wb") as fh:  # an object array: its payload would be a pickle
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": (60,)})
+        fh.write(b"\x80\x04not a real pickle, and never unpickled")
     with pytest.raises(VgsslError, match="utm.npy: unreadable database file"):
         MapDatabase.load(db)
     (db / "ids.json").write_text('["a"]')

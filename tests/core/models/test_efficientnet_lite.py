@@ -3,6 +3,7 @@ the reference architecture package; shapes, freezing, weight resolution and its 
 
 from __future__ import annotations
 
+import importlib.util
 import hashlib
 
 import pytest
@@ -185,14 +186,8 @@ def test_a_lite0_checkpoint_evaluates_and_exports_with_matching_descriptors(tiny
     assert (init["init"], init["step"], init["trained_from"]) == ("checkpoint", 2, weights)
     model, cfg, _ = load_descriptor_model(ckpt)
     assert cfg["backbone"] == "efficientnet_lite0"
-    formats = ["torchscript"]
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-
-        formats.append("onnx")
-    except ModuleNotFoundError:
-        pass
+    onnx = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnxscript"))
+    formats = ["torchscript", *(["onnx"] if onnx else [])]
     for fmt in formats:
         path = tmp_path / f"lite0.{fmt}"
         export_model(ckpt, fmt, path, dynamic=True)

@@ -61,7 +61,7 @@ def test_loss_decreases_over_a_short_run(tiny_world, tmp_path, method):
 
 
 class SimulatedCrash(RuntimeError):
-    pass
+    """Raised by the test in place of a machine dying mid-run."""
 
 
 def test_resume_after_a_crash_equals_uninterrupted_run(tiny_world, tmp_path, monkeypatch):
