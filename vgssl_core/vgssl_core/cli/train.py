@@ -54,7 +54,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="demo", help="synthetic world preset (without --data)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="world and training seed")
     p.add_argument("--robot", action="store_true",
-                   help="instead: train on synthetic drives' bags and replay a night drive (writes OUT/robot)")
+                   help="instead: train on synthetic drives' bags, replay fog and night drives (writes OUT/robot)")
     p.add_argument("--attention", type=nonnegative_int, default=16, metavar="N",
                    help="Grad-CAM attention shares on N test queries (datasets with class masks; 0: skip)")
     p.add_argument("--max-steps", type=positive_int, help="stop each training after this many optimiser steps")
