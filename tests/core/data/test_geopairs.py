@@ -110,8 +110,9 @@ def test_ranks_get_disjoint_equal_shards(grid_split):
 def test_feature_nearest_picks_most_similar_positive(grid_split):
     sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest"))
     rng = np.random.default_rng(0)
-    q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
-    db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    q_desc = unit(rng.normal(size=(len(grid_split.queries), 8)))
+    db_desc = unit(rng.normal(size=(len(grid_split.database), 8)))
     queries, candidates = sampler.needs_descriptors(0)
     assert set(candidates.tolist()) == {int(d) for q in queries for d in sampler.positives[q]}
     sampler.set_descriptors(0, queries, q_desc[queries], candidates, db_desc[candidates])
@@ -119,6 +120,38 @@ def test_feature_nearest_picks_most_similar_positive(grid_split):
         if p.kind == QUERY:
             cands = sampler.positives[p.a]
             assert p.b == cands[np.argmax(db_desc[cands] @ q_desc[p.a])]
+
+
+def test_kept_descriptors_stand_in_until_they_are_too_old(grid_split):
+    # what a training step saw of epoch 0 is not described again for epoch 1 (age 1 <= 2), nor
+    # for epoch 2; for epoch 3 it is older than positive_max_age and described again
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=2))
+    rng = np.random.default_rng(1)
+    q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
+    db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
+    queries, candidates = sampler.needs_descriptors(0)
+    assert len(queries) == len(sampler.usable_queries)
+    sampler.set_descriptors(0, queries, q_desc[queries], candidates, db_desc[candidates])
+    seen = np.array(sorted({p.b for p in sampler.pairs(0) if p.kind == QUERY}))
+    db_desc[seen] = -db_desc[seen]  # training moved them: the newest descriptor must win
+    sampler.keep("database", seen, db_desc[seen], 0)
+    sampler.keep("queries", queries, q_desc[queries], 0)
+    for epoch in (1, 2):
+        q_missing, db_missing = sampler.needs_descriptors(epoch)
+        assert len(q_missing) == len(db_missing) == 0
+        sampler.set_descriptors(epoch, q_missing, q_desc[q_missing], db_missing, db_desc[db_missing])
+        for p in sampler.pairs(epoch):
+            if p.kind == QUERY:
+                cands = sampler.positives[p.a]
+                unit = db_desc[cands] / np.linalg.norm(db_desc[cands], axis=1, keepdims=True)
+                assert p.b == cands[np.argmax(unit @ q_desc[p.a])]
+    q_missing, db_missing = sampler.needs_descriptors(3)
+    assert set(q_missing.tolist()) == set(queries.tolist()) and set(db_missing.tolist()) == set(candidates.tolist())
+    # the kept descriptors travel in the sampler's state (checkpoints): a copy chooses alike
+    copy = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=2))
+    copy.load_state_dict(sampler.state_dict())
+    assert [len(x) for x in copy.needs_descriptors(3)] == [len(q_missing), len(db_missing)]
+    assert copy.pairs(2) == sampler.pairs(2)
 
 
 def test_uniform_positives_need_no_descriptors(grid_split):
