@@ -123,9 +123,10 @@ def test_feature_nearest_picks_most_similar_positive(grid_split):
 
 
 def test_kept_descriptors_stand_in_until_they_are_too_old(grid_split):
-    # what a training step saw of epoch 0 is not described again for epoch 1 (age 1 <= 2), nor
-    # for epoch 2; for epoch 3 it is older than positive_max_age and described again
-    sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=2))
+    # what was described or kept is re-described once every positive_max_age + 1 epochs, each
+    # image in its own epoch of the cycle; the newest descriptor of an image is the one used
+    age = 2
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=age))
     rng = np.random.default_rng(1)
     q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
     db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
@@ -135,23 +136,29 @@ def test_kept_descriptors_stand_in_until_they_are_too_old(grid_split):
     seen = np.array(sorted({p.b for p in sampler.pairs(0) if p.kind == QUERY}))
     db_desc[seen] = -db_desc[seen]  # training moved them: the newest descriptor must win
     sampler.keep("database", seen, db_desc[seen], 0)
-    sampler.keep("queries", queries, q_desc[queries], 0)
-    for epoch in (1, 2):
+    described = {"queries": [], "database": []}
+    for epoch in range(1, 1 + 2 * (age + 1)):
         q_missing, db_missing = sampler.needs_descriptors(epoch)
-        assert len(q_missing) == len(db_missing) == 0
+        described["queries"].append(set(q_missing.tolist()))
+        described["database"].append(set(db_missing.tolist()))
+        assert len(q_missing) < len(queries) and len(db_missing) < len(candidates)  # spread, not all at once
         sampler.set_descriptors(epoch, q_missing, q_desc[q_missing], db_missing, db_desc[db_missing])
         for p in sampler.pairs(epoch):
             if p.kind == QUERY:
                 cands = sampler.positives[p.a]
                 unit = db_desc[cands] / np.linalg.norm(db_desc[cands], axis=1, keepdims=True)
                 assert p.b == cands[np.argmax(unit @ q_desc[p.a])]
-    q_missing, db_missing = sampler.needs_descriptors(3)
-    assert set(q_missing.tolist()) == set(queries.tolist()) and set(db_missing.tolist()) == set(candidates.tolist())
+    for side, everything in (("queries", queries), ("database", candidates)):
+        cycle = described[side][: age + 1]
+        assert set().union(*cycle) == set(everything.tolist())  # each image once per cycle
+        assert sum(map(len, cycle)) == len(everything)
+        assert described[side][age + 1:] == cycle  # and the same turn the next cycle
     # the kept descriptors travel in the sampler's state (checkpoints): a copy chooses alike
-    copy = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=2))
+    copy = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=age))
     copy.load_state_dict(sampler.state_dict())
-    assert [len(x) for x in copy.needs_descriptors(3)] == [len(q_missing), len(db_missing)]
-    assert copy.pairs(2) == sampler.pairs(2)
+    nxt = 2 * (age + 1) + 1
+    assert [x.tolist() for x in copy.needs_descriptors(nxt)] == [x.tolist() for x in sampler.needs_descriptors(nxt)]
+    assert copy.pairs(nxt - 1) == sampler.pairs(nxt - 1)
 
 
 def test_uniform_positives_need_no_descriptors(grid_split):

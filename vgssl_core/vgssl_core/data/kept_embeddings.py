@@ -2,11 +2,12 @@
 
 Feature-nearest positives need, before each epoch, the current model's descriptor of every
 sampled query and of every database image within the train radius of one. The reference
-describes them all again each epoch (about two thirds of an epoch's step time). The training
-step already computes the descriptors of every query and positive it sees; kept here (on CPU,
-float16: half the memory and checkpoint bytes, and the checkpoint holds exactly what the run
-uses, so a resume chooses bit for bit the same positives), they stand in for a description
-while they are at most ``max_age`` epochs old; only the missing and the older ones are described.
+describes them all again each epoch (about half to two thirds of an epoch's step time). Kept
+here (on CPU, float16: half the memory and checkpoint bytes, and the checkpoint holds exactly
+what the run uses, so a resume chooses bit for bit the same positives), a descriptor stands in
+for a new description for at most ``max_age`` epochs. They come from the descriptions before
+earlier epochs and, where the step computes what a description would (no batch-statistics
+BatchNorm, an un-augmented view: ``training.embedding_tap``), from the training steps.
 
 Tags: an embedding seen by a training step of epoch ``e`` is tagged ``e``, one described before
 epoch ``e`` (with the model of ``e``'s start) is tagged ``e``; for epoch ``e`` an embedding is
@@ -21,6 +22,11 @@ import numpy as np
 import torch
 
 SIDES = ("queries", "database")
+
+
+def _slot(index: int, salt: int) -> int:
+    """A fixed pseudo-random integer per image (the same in every process and run)."""
+    return (int(index) * 2654435761 + int(salt) * 40503) % 1000003
 
 
 class KeptEmbeddings:
@@ -41,11 +47,19 @@ class KeptEmbeddings:
         for i, e in zip(np.asarray(indices).tolist(), emb.astype(np.float16)):
             rows[int(i)] = (int(tag), e)
 
-    def missing(self, side: str, indices, epoch: int, max_age: int) -> np.ndarray:
-        """Those of ``indices`` with no embedding usable for ``epoch`` (none, or older than ``max_age``)."""
-        rows = self._rows[side]
-        return np.array([i for i in np.asarray(indices).tolist()
-                         if i not in rows or epoch - rows[i][0] > max_age], dtype=np.int64)
+    def missing(self, side: str, indices, epoch: int, max_age: int, salt: int = 0) -> np.ndarray:
+        """Those of ``indices`` to describe for ``epoch``: none kept, kept but older than
+        ``max_age``, or due: each image's turn comes once every ``max_age + 1`` epochs (its slot, a
+        hash of (index, salt)), so the descriptions are spread over the epochs instead of all
+        expiring together, and none is ever used more than ``max_age`` epochs old."""
+        rows, period = self._rows[side], max_age + 1
+        out = []
+        for i in np.asarray(indices).tolist():
+            row = rows.get(i)
+            due = (epoch + _slot(i, salt)) % period == 0 and (row is None or row[0] != epoch)
+            if row is None or epoch - row[0] > max_age or due:
+                out.append(i)
+        return np.array(out, dtype=np.int64)
 
     def get(self, side: str, indices) -> np.ndarray:
         """[N, D] float32 embeddings of ``indices`` (all must be kept)."""

@@ -39,8 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "positive": "uniform",
         # feature-nearest: a descriptor the training step computed (or an earlier refresh made)
         # stands in for a new description for this many epochs (0: describe all every epoch, as
-        # the reference); 4 agrees with a full refresh on >= 90 % of queries (bench_training.py --only epochs)
-        "positive_max_age": 4,
+        # the reference); each epoch then describes about 1/6 of what a full refresh does
+        "positive_max_age": 5,
         "batch_size": 32,
         "workers": 2,
         "augment": {},  # a set's name or a mapping; see vgssl_core.data.transforms.AUGMENT_SETS

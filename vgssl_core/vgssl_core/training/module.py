@@ -14,6 +14,7 @@ global batch (with gathered losses, ``methods.distributed``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from vgssl_core.data.geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
 from vgssl_core.methods import build_method
 from vgssl_core.evaluation.search import prepare
 from vgssl_core.training.data import GeoPairImages, TripletImages
-from vgssl_core.training.embedding_tap import EmbeddingTap
+from vgssl_core.training.embedding_tap import EmbeddingTap, comparable_sides
 from vgssl_core.training.mining import MinedBatches, TripletMiner
 
 MODEL_PREFIX = "method.model."
@@ -71,9 +72,11 @@ class VgsslModule(pl.LightningModule):
                 positive=data["positive"], positive_max_age=data["positive_max_age"],
                 batch_size=data["batch_size"], seed=cfg["trainer"]["seed"]))
             skipped = self.sampler.n_queries_without_positive
-        # feature-nearest positives from the descriptors the steps compute (data.kept_embeddings)
+        # feature-nearest positives also from the descriptors the steps compute, where those are
+        # what a description would give (data.kept_embeddings, training.embedding_tap)
         reuse = self.sampler is not None and data["positive"] == "feature-nearest" and data["positive_max_age"] > 0
-        self.tap = EmbeddingTap(self.method) if reuse else None
+        sides = comparable_sides(self.method.model, data["augment"], cfg["trainer"]["batchnorm"]) if reuse else ()
+        self.tap = EmbeddingTap(self.method, sides) if sides else None
         self._loader: DataLoader | None = None  # one loader for the run: its workers persist across epochs
         self._batches: EpochBatches | MinedBatches | None = None
         self._nonfinite: torch.Tensor | None = None  # on a GPU: any non-finite loss since the last check
@@ -166,11 +169,24 @@ class VgsslModule(pl.LightningModule):
                 refresh_s = round(time.perf_counter() - start, 3)
                 line_end = f"; descriptor refresh {len(q_idx) + len(db_idx)} images in {refresh_s} s"
                 extra = {"descriptor_refresh_s": refresh_s, "described_images": int(len(q_idx) + len(db_idx))}
+            if needed is not None and world > 1:
+                self._check_same_positives(epoch)
             stats = self.sampler.plan(epoch)[1]
             self._record_data({**stats.as_dict(), **extra}, stats.line() + line_end)
             dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world, skip)
             batches.set_epoch(epoch)
         return self._loader_for(dataset, batches)
+
+    def _check_same_positives(self, epoch: int) -> None:
+        """Under DDP every rank must train on its slice of one plan: the ranks compare a digest of
+        the epoch's feature-nearest positives (one small all-gather an epoch) and stop if they differ."""
+        nearest = self.sampler.state_dict()
+        pairs = np.asarray([nearest["queries"], nearest["positives"]], dtype=np.int64)
+        digest = torch.tensor([int.from_bytes(hashlib.sha256(pairs.tobytes()).digest()[:7], "little")],
+                              dtype=torch.int64, device=self.device)
+        everyone = self.all_gather(digest).reshape(-1)
+        if not bool((everyone == digest).all()):
+            raise RuntimeError(f"epoch {epoch}: the ranks chose different feature-nearest positives")
 
     def _loader_for(self, dataset, batches) -> DataLoader:
         """The run's one DataLoader, given this epoch's batches: with workers, they persist across
