@@ -347,9 +347,10 @@ def child_epochs(job: dict) -> dict:
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             if job["agreement"] and trainer.current_epoch == 0:  # epoch 0 describes all: a full refresh
                 state["fresh"] = dict(pl_module.sampler._nearest[1])
-            if job["agreement"] and trainer.current_epoch > 0:  # outside the timed span
+            if job["agreement"] and trainer.current_epoch > 0:  # outside the timed span (and the run's)
+                start = time.perf_counter()
                 row, state["fresh"] = _agreement(pl_module, trainer.current_epoch, state["fresh"])
-                agreement.append({"epoch": trainer.current_epoch, **row})
+                agreement.append({"epoch": trainer.current_epoch, **row, "s": time.perf_counter() - start})
             starts.clear()
             cpu.clear()
 
@@ -385,6 +386,7 @@ def child_epochs(job: dict) -> dict:
         e["prep_over_steps_cpu"] = p_cpu / e["step_cpu_s"]
     for e, h in zip(epochs, summary["val_history"]):
         e["val_recall"] = {n: h["recall"][n] for n in ("1", "5")}
+    total -= sum(a["s"] for a in agreement)  # the diagnostic is not part of the run
     return {"positive": job["positive"], "max_age": job["max_age"], "run_s": total, "epochs": epochs,
             "agreement": agreement, "described": [h.get("described_images") for h in summary["data_history"]],
             "train_s": sum(e["preparation_s"] + e["step_s"] for e in epochs),
