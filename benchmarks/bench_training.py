@@ -31,7 +31,22 @@ costs with GeoPairs and with the triplet baseline's hard-negative mining.
     with GeoPair batching and the mining search measured on its real positions and descriptor
     extraction priced at the measured seconds per image.
 
+(c) Whole runs at the paper's settings (``--only epochs``): preset ``wacv-r50-simclr`` (ResNet-50,
+    feature-nearest positives, no database negatives) at a reduced image size (96x128) and batch
+    16 on the ``tiny`` world, 4 epochs, in one process: model-only steps (deterministic off and
+    on), then the same run with uniform positives, with feature-nearest positives from kept
+    descriptors (``data.positive_max_age``, the default) and with a full refresh each epoch
+    (``positive_max_age=0``, the reference). Per epoch: preparation (``train_dataloader``: the
+    plan and any description), step time (sum of the epoch's step periods), the median step
+    against the model-only median, validation R@1/R@5; for the kept run, each epoch's positives
+    against those a full refresh with the same model would choose (agreement %, computed outside
+    the timed span), and that refresh against the previous epoch's. Data loading runs in the
+    process (``data.workers=0``) on ``--threads`` torch threads (default 1), so its CPU seconds
+    are the whole cost: wall and CPU ratios are both reported, CPU ones being the ones that hold
+    on a loaded machine.
+
     python benchmarks/bench_training.py [--quick] [--workers 0,1,2] [--repeats 1] [--profile] [--cache DIR]
+    python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5]
 
 Synthetic worlds are rendered once into ``--cache`` (default /tmp/vgssl_bench_training; about
 4 minutes on 2 busy cores the first time) and reused.
@@ -154,7 +169,7 @@ class ModelOnly:
     """Forward + backward + Adam step of the pipeline's method on batches of its world already
     collated in memory: the step with no data path and no Lightning."""
 
-    def __init__(self, data: Path, cfg: dict) -> None:
+    def __init__(self, data: Path, cfg: dict, batch: int = BATCH) -> None:
         import torch
 
         from vgssl_core.methods import build_method
@@ -166,15 +181,17 @@ class ModelOnly:
                                           weight_decay=optim["weight_decay"])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # set-up, not timed: augmentation is fastest on one thread, as in a worker
-        self.batches = [[t.to(self.device) for t in b] for b in _collated_batches(data, cfg, 4)]
+        self.batches = [[t.to(self.device) for t in b] for b in _collated_batches(data, cfg, 4, batch)]
         torch.set_num_threads(threads)
         self.done = 0
 
-    def run(self, warmup: int, steps: int) -> tuple[list[float], list[float]]:
-        """Wall and CPU seconds (all threads) of ``steps`` steps after ``warmup`` untimed ones."""
+    def run(self, warmup: int, steps: int, deterministic: bool = False) -> tuple[list[float], list[float]]:
+        """Wall and CPU seconds (all threads) of ``steps`` steps after ``warmup`` untimed ones,
+        with ``torch.use_deterministic_algorithms(deterministic)`` (as ``trainer.deterministic``)."""
         import torch
 
-        torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True (the config's default)
+        torch.use_deterministic_algorithms(deterministic)
+
         wall, cpu = [], []
         for i in range(warmup + steps):
             view_a, view_b, places = self.batches[self.done % len(self.batches)]
@@ -247,7 +264,7 @@ def child_pipeline(job: dict) -> dict:
             "n": len(period), "run_s": total}
 
 
-def _collated_batches(data: Path, cfg: dict, count: int) -> list:
+def _collated_batches(data: Path, cfg: dict, count: int, batch: int = BATCH) -> list:
     """The first ``count`` full batches of epoch 0, as the DataLoader would hand them over."""
     from torch.utils.data import default_collate
 
@@ -257,8 +274,212 @@ def _collated_batches(data: Path, cfg: dict, count: int) -> list:
 
     split = load_split(data, "train")
     dataset = GeoPairImages(split, cfg["model"]["image_size"], cfg["data"]["augment"])
-    plan = [b for b in GeoPairSampler(split, geopair_config(cfg)).shard(0) if len(b) == BATCH][:count]
+    plan = [b for b in GeoPairSampler(split, geopair_config(cfg)).shard(0) if len(b) == batch][:count]
     return [default_collate([dataset[p] for p in b]) for b in plan]
+
+
+EPOCH_PRESET = "wacv-r50-simclr"  # the paper's positive rule (feature-nearest), ResNet-50, r = 0
+EPOCH_SIZE = (96, 128)
+EPOCH_BATCH = 16
+
+
+def epoch_config(positive: str, max_age: int | None, epochs: int, lr: float) -> dict:
+    from vgssl_core.training.config import load_config
+
+    age = [] if max_age is None else [f"data.positive_max_age={max_age}"]
+    return load_config(EPOCH_PRESET, [
+        f"model.image_size=[{EPOCH_SIZE[0]},{EPOCH_SIZE[1]}]", f"data.batch_size={EPOCH_BATCH}", "data.workers=0",
+        f"data.positive={positive}", *age, f"optim.lr={lr}", f"trainer.max_epochs={epochs}",
+        "trainer.val_split=val", "trainer.test_split=null", "trainer.loggers=[csv]", "trainer.devices=1"])
+
+
+def _agreement(module, epoch: int, previous_fresh: dict) -> tuple[dict, dict]:
+    """The kept run's positives for ``epoch`` against a full refresh with the current model, and
+    that refresh against the previous epoch's (how much the reference's own choice moves)."""
+    import dataclasses
+
+    from vgssl_core.data.geopairs import GeoPairSampler
+
+    sampler = module.sampler
+    full = GeoPairSampler(module.train_split, dataclasses.replace(sampler.cfg, positive_max_age=0))
+    q_idx, db_idx = full.needs_descriptors(epoch)
+    split = module.train_split
+    desc = module._describe_paths([split.queries.paths[i] for i in q_idx] + [split.database.paths[i] for i in db_idx])
+    full.set_descriptors(epoch, q_idx, desc[:len(q_idx)], db_idx, desc[len(q_idx):])
+    kept, fresh = sampler._nearest[1], full._nearest[1]
+    # queries with a single candidate agree by construction: report the others too
+    multi = [q for q in fresh if len(sampler.positives[q]) > 1]
+    both = [q for q in fresh if q in previous_fresh]
+    return {"queries": len(fresh), "agree": sum(kept[q] == fresh[q] for q in fresh),
+            "multi_candidate": len(multi), "agree_multi": sum(kept[q] == fresh[q] for q in multi),
+            "fresh_vs_previous_fresh": sum(fresh[q] == previous_fresh[q] for q in both) / max(len(both), 1)}, fresh
+
+
+def child_epochs(job: dict) -> dict:
+    """(c) one variant's whole run, timed per epoch (see the module docstring)."""
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(job["threads"])
+
+    from vgssl_core.training import module as module_module
+    from vgssl_core.training import run as run_module
+
+    data = Path(job["data"])
+    cfg = epoch_config(job["positive"], job["max_age"], job["epochs"], job["lr"])
+    prep: list[float] = []
+    epochs: list[dict] = []
+    agreement: list[dict] = []
+    starts: list[float] = []
+    cpu: list[float] = []
+    state: dict = {}
+    original_loader = module_module.VgsslModule.train_dataloader
+
+    def timed_loader(self):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        try:
+            return original_loader(self)
+        finally:
+            prep.append((time.perf_counter() - start, time.process_time() - start_cpu))
+
+    class TimedCallback(run_module.ValidateAndCheckpoint):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if job["agreement"] and trainer.current_epoch == 0:  # epoch 0 describes all: a full refresh
+                state["fresh"] = dict(pl_module.sampler._nearest[1])
+            if job["agreement"] and trainer.current_epoch > 0:  # outside the timed span (and the run's)
+                start = time.perf_counter()
+                row, state["fresh"] = _agreement(pl_module, trainer.current_epoch, state["fresh"])
+                agreement.append({"epoch": trainer.current_epoch, **row, "s": time.perf_counter() - start})
+            starts.clear()
+            cpu.clear()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            starts.append(time.perf_counter())
+            cpu.append(time.process_time())
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            end, end_cpu = time.perf_counter(), time.process_time()
+            periods = [b - a for a, b in zip(starts, starts[1:] + [end])]
+            cpu_periods = [b - a for a, b in zip(cpu, cpu[1:] + [end_cpu])]
+            epochs.append({"epoch": trainer.current_epoch, "steps": len(periods), "step_s": sum(periods),
+                           "median_step_s": statistics.median(periods),
+                           "step_cpu_s": sum(cpu_periods), "median_step_cpu_s": statistics.median(cpu_periods)})
+            start = time.perf_counter()
+            super().on_train_epoch_end(trainer, pl_module)
+            epochs[-1]["validate_and_checkpoint_s"] = time.perf_counter() - start
+
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-epochs-", dir=job["tmp"]))
+    run_module.ValidateAndCheckpoint = TimedCallback
+    module_module.VgsslModule.train_dataloader = timed_loader
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            summary = run_module.train(cfg, data, run_dir, progress=False)
+            total = time.perf_counter() - start
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for e, (p, p_cpu) in zip(epochs, prep):
+        e["preparation_s"], e["preparation_cpu_s"] = p, p_cpu
+        e["prep_over_steps"] = p / e["step_s"]
+        e["prep_over_steps_cpu"] = p_cpu / e["step_cpu_s"]
+    for e, h in zip(epochs, summary["val_history"]):
+        e["val_recall"] = {n: h["recall"][n] for n in ("1", "5")}
+    total -= sum(a["s"] for a in agreement)  # the diagnostic is not part of the run
+    return {"positive": job["positive"], "max_age": job["max_age"], "run_s": total, "epochs": epochs,
+            "agreement": agreement, "described": [h.get("described_images") for h in summary["data_history"]],
+            "train_s": sum(e["preparation_s"] + e["step_s"] for e in epochs),
+            "train_cpu_s": sum(e["preparation_cpu_s"] + e["step_cpu_s"] for e in epochs)}
+
+
+def child_model_steps(job: dict) -> dict:
+    """(c) model-only steps of the epoch runs' model and batch, deterministic off and on."""
+    import torch
+
+    cfg = epoch_config("uniform", None, 1, job["lr"])
+    model_only = ModelOnly(Path(job["data"]), cfg, EPOCH_BATCH)
+    torch.set_num_threads(job["threads"])
+    off, off_cpu = model_only.run(1, job["model_steps"], deterministic=False)
+    on, on_cpu = model_only.run(1, job["model_steps"], deterministic=True)
+    more, more_cpu = model_only.run(0, job["model_steps"], deterministic=False)
+    off, off_cpu = off + more, off_cpu + more_cpu
+    return {"model_only_s": statistics.median(off), "model_only_deterministic_s": statistics.median(on),
+            "model_only_cpu_s": statistics.median(off_cpu), "model_only_deterministic_cpu_s": statistics.median(on_cpu),
+            "n": len(off)}
+
+
+def bench_epochs(args, cache: Path) -> dict:
+    data = world(cache, "tiny", PREP_SIZE)
+    print(f"(c) whole runs on {data} ...", flush=True)
+    base = {"data": str(data), "tmp": str(cache), "epochs": args.epochs, "lr": args.lr, "model_steps": args.model_steps,
+            "threads": args.threads}
+    model = spawn({**base, "task": "model_steps"})
+    print(f"  model only: {model['model_only_s']:.3f} s/step, {model['model_only_cpu_s']:.3f} CPU s "
+          f"(deterministic: {model['model_only_deterministic_s']:.3f}, {model['model_only_deterministic_cpu_s']:.3f} CPU s)"
+          f"  load {load_average()[0]}", flush=True)
+    runs = {}
+    for name, positive, age in (("uniform", "uniform", None), ("kept", "feature-nearest", None),
+                                ("full_refresh", "feature-nearest", 0)):
+        runs[name] = spawn({**base, "task": "epochs", "positive": positive, "max_age": age, "agreement": name == "kept"})
+        r = runs[name]
+        print(f"  {name}: run {r['run_s']:.1f} s, train (prep + steps) {r['train_s']:.1f} s; per epoch prep/steps " +
+              ", ".join(f"{e['preparation_s']:.2f}/{e['step_s']:.2f} (CPU {e['preparation_cpu_s']:.2f}/{e['step_cpu_s']:.2f})"
+                        for e in r["epochs"]) +
+              f"  load {load_average()[0]}", flush=True)
+    later = lambda r, key: statistics.median(e[key] for e in r["epochs"][1:])  # noqa: E731 (second epoch on)
+    kept = runs["kept"]
+    agree = sum(a["agree"] for a in kept["agreement"]) / max(sum(a["queries"] for a in kept["agreement"]), 1)
+    agree_multi = (sum(a["agree_multi"] for a in kept["agreement"]) /
+                   max(sum(a["multi_candidate"] for a in kept["agreement"]), 1))
+    return {"preset": EPOCH_PRESET, "size": list(EPOCH_SIZE), "batch": EPOCH_BATCH, "epochs": args.epochs,
+            "threads": args.threads,
+            "lr": args.lr, "model": model, "runs": runs,
+            "kept_prep_over_steps_median_from_epoch_1": later(kept, "prep_over_steps"),
+            "full_refresh_prep_over_steps_median_from_epoch_1": later(runs["full_refresh"], "prep_over_steps"),
+            "kept_step_over_model_only": later(kept, "median_step_s") / model["model_only_s"],
+            "kept_prep_over_steps_cpu_median_from_epoch_1": later(kept, "prep_over_steps_cpu"),
+            "kept_step_over_model_only_cpu": later(kept, "median_step_cpu_s") / model["model_only_cpu_s"],
+            "uniform_step_over_model_only_cpu": later(runs["uniform"], "median_step_cpu_s") / model["model_only_cpu_s"],
+            "kept_train_over_uniform_cpu": kept["train_cpu_s"] / runs["uniform"]["train_cpu_s"],
+            "full_refresh_train_over_uniform_cpu": runs["full_refresh"]["train_cpu_s"] / runs["uniform"]["train_cpu_s"],
+            "uniform_step_over_model_only": later(runs["uniform"], "median_step_s") / model["model_only_s"],
+            "kept_run_over_uniform": kept["run_s"] / runs["uniform"]["run_s"],
+            "kept_train_over_uniform": kept["train_s"] / runs["uniform"]["train_s"],
+            "full_refresh_run_over_uniform": runs["full_refresh"]["run_s"] / runs["uniform"]["run_s"],
+            "agreement": agree, "agreement_multi_candidate": agree_multi,
+            "agreement_by_epoch": [round(a["agree"] / a["queries"], 3) for a in kept["agreement"]],
+            "fresh_stability": [round(a["fresh_vs_previous_fresh"], 3) for a in kept["agreement"]],
+            "deterministic_cost": model["model_only_deterministic_s"] / model["model_only_s"],
+            "deterministic_cost_cpu": model["model_only_deterministic_cpu_s"] / model["model_only_cpu_s"]}
+
+
+def print_epochs(c: dict) -> None:
+    print(f"\n(c) whole runs, {c['preset']} at {c['size'][0]}x{c['size'][1]}, batch {c['batch']}, {c['epochs']} epochs, "
+          f"lr {c['lr']:g}; model only {c['model']['model_only_s']:.3f} s/step "
+          f"(deterministic on: x{c['deterministic_cost']:.3f} wall, x{c['deterministic_cost_cpu']:.3f} CPU)")
+    m, mc = c["model"]["model_only_s"], c["model"]["model_only_cpu_s"]
+    print("| run | epoch | prep s (CPU s) | steps s (CPU s) | prep / steps: wall, CPU | median step / model only: wall, CPU "
+          "| val R@1 | val R@5 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in c["runs"].items():
+        for e in r["epochs"]:
+            rec = e.get("val_recall", {})
+            print(f"| {name} | {e['epoch']} | {e['preparation_s']:.2f} ({e['preparation_cpu_s']:.2f}) | {e['step_s']:.2f} "
+                  f"({e['step_cpu_s']:.2f}) | {e['prep_over_steps']:.3f}, {e['prep_over_steps_cpu']:.3f} | "
+                  f"{e['median_step_s'] / m:.2f}, {e['median_step_cpu_s'] / mc:.2f} | {rec.get('1', '-')} | {rec.get('5', '-')} |")
+    print(f"    from epoch 1 on (medians): kept prep/steps {c['kept_prep_over_steps_median_from_epoch_1']:.3f} "
+          f"(full refresh {c['full_refresh_prep_over_steps_median_from_epoch_1']:.3f}); step / model-only: kept "
+          f"{c['kept_step_over_model_only']:.3f}, uniform {c['uniform_step_over_model_only']:.3f}")
+    print(f"    CPU seconds, from epoch 1 on (medians): kept prep/steps {c['kept_prep_over_steps_cpu_median_from_epoch_1']:.3f}; "
+          f"step / model-only: kept {c['kept_step_over_model_only_cpu']:.3f}, uniform {c['uniform_step_over_model_only_cpu']:.3f}")
+    print(f"    whole run / uniform: kept {c['kept_run_over_uniform']:.3f} (prep + steps only: "
+          f"{c['kept_train_over_uniform']:.3f}; CPU {c['kept_train_over_uniform_cpu']:.3f}), full refresh "
+          f"{c['full_refresh_run_over_uniform']:.3f} (CPU, prep + steps: {c['full_refresh_train_over_uniform_cpu']:.3f})")
+    print(f"    kept positives = full refresh's on {100 * c['agreement']:.1f} % of queries "
+          f"({100 * c['agreement_multi_candidate']:.1f} % of those with > 1 candidate; a full refresh agrees with "
+          f"the previous epoch's on {c['fresh_stability']}); described per epoch: kept "
+          f"{c['runs']['kept']['described']}, full {c['runs']['full_refresh']['described']}")
 
 
 def child_breakdown(job: dict) -> dict:
@@ -487,7 +708,7 @@ def child_profile(job: dict) -> dict:
     return {"workers": workers, "steps": job["warmup"] + job["steps"] + 1, "parts": out}
 
 
-CHILDREN = {"profile": child_profile, "pipeline": child_pipeline, "breakdown": child_breakdown,
+CHILDREN = {"epochs": child_epochs, "model_steps": child_model_steps, "profile": child_profile, "pipeline": child_pipeline, "breakdown": child_breakdown,
             "prepare": child_prepare, "projection": child_projection}
 
 
@@ -596,6 +817,8 @@ def bench_preparation(data: Path, args) -> dict:
 
 
 def print_tables(result: dict) -> None:
+    if result.get("epochs"):
+        print_epochs(result["epochs"])
     s = result.get("step")
     if s:
         print("\n(a) training step, SimCLR-FC-1-2048 R18-conv4-GeM, batch 16, 224x224 (median s/step)")
@@ -674,7 +897,13 @@ def main() -> None:
                              "peak is the RSS one: torch's tensors are not traced)")
     parser.add_argument("--profile", action="store_true", help="also one cProfile'd pipeline run (where its time goes)")
     parser.add_argument("--profile-workers", type=int, default=None, help="workers of the profiled run (default: the best)")
-    parser.add_argument("--only", choices=("step", "preparation"), default=None)
+    parser.add_argument("--only", choices=("step", "preparation", "epochs"), default=None,
+                        help="one part; 'epochs' (c) runs only when asked for")
+    parser.add_argument("--epochs", type=int, default=4, help="(c) epochs of each whole run")
+    parser.add_argument("--lr", type=float, default=1e-5, help="(c) learning rate (the paper's: 1e-5)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="(c) torch threads: with 1, CPU seconds do not count threads spin-waiting on a "
+                             "loaded machine, so the CPU ratios hold whatever else runs")
     parser.add_argument("--cache", default="/tmp/vgssl_bench_training", help="where the synthetic worlds are kept")
     parser.add_argument("--out", default="bench_results/training.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -702,6 +931,8 @@ def main() -> None:
         data = world(cache, "tiny" if quick else "demo", PREP_SIZE)
         print(f"(b) epoch preparation on {data} ...", flush=True)
         result["preparation"] = bench_preparation(data, args)
+    if args.only == "epochs":
+        result["epochs"] = bench_epochs(args, cache)
     result["load_average_end"] = load_average()
     result["seconds"] = round(time.perf_counter() - started, 1)
     print_tables(result)
@@ -714,9 +945,9 @@ def main() -> None:
             earlier = json.loads(out.read_text())
         except ValueError:
             earlier = {}
-        other = "preparation" if args.only == "step" else "step"
-        if other in earlier:
-            result[other] = earlier[other]
+        for other in ("step", "preparation", "epochs"):
+            if other != args.only and other in earlier:
+                result[other] = earlier[other]
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nload average {load_start} -> {result['load_average_end']}; {result['seconds']} s; wrote {out}")
 

@@ -110,8 +110,9 @@ def test_ranks_get_disjoint_equal_shards(grid_split):
 def test_feature_nearest_picks_most_similar_positive(grid_split):
     sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest"))
     rng = np.random.default_rng(0)
-    q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
-    db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    q_desc = unit(rng.normal(size=(len(grid_split.queries), 8)))
+    db_desc = unit(rng.normal(size=(len(grid_split.database), 8)))
     queries, candidates = sampler.needs_descriptors(0)
     assert set(candidates.tolist()) == {int(d) for q in queries for d in sampler.positives[q]}
     sampler.set_descriptors(0, queries, q_desc[queries], candidates, db_desc[candidates])
@@ -119,6 +120,45 @@ def test_feature_nearest_picks_most_similar_positive(grid_split):
         if p.kind == QUERY:
             cands = sampler.positives[p.a]
             assert p.b == cands[np.argmax(db_desc[cands] @ q_desc[p.a])]
+
+
+def test_kept_descriptors_stand_in_until_they_are_too_old(grid_split):
+    # what was described or kept is re-described once every positive_max_age + 1 epochs, each
+    # image in its own epoch of the cycle; the newest descriptor of an image is the one used
+    age = 2
+    sampler = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=age))
+    rng = np.random.default_rng(1)
+    q_desc = rng.normal(size=(len(grid_split.queries), 8)).astype(np.float32)
+    db_desc = rng.normal(size=(len(grid_split.database), 8)).astype(np.float32)
+    queries, candidates = sampler.needs_descriptors(0)
+    assert len(queries) == len(sampler.usable_queries)
+    sampler.set_descriptors(0, queries, q_desc[queries], candidates, db_desc[candidates])
+    seen = np.array(sorted({p.b for p in sampler.pairs(0) if p.kind == QUERY}))
+    db_desc[seen] = -db_desc[seen]  # training moved them: the newest descriptor must win
+    sampler.keep("database", seen, db_desc[seen], 0)
+    described = {"queries": [], "database": []}
+    for epoch in range(1, 1 + 2 * (age + 1)):
+        q_missing, db_missing = sampler.needs_descriptors(epoch)
+        described["queries"].append(set(q_missing.tolist()))
+        described["database"].append(set(db_missing.tolist()))
+        assert len(q_missing) < len(queries) and len(db_missing) < len(candidates)  # spread, not all at once
+        sampler.set_descriptors(epoch, q_missing, q_desc[q_missing], db_missing, db_desc[db_missing])
+        for p in sampler.pairs(epoch):
+            if p.kind == QUERY:
+                cands = sampler.positives[p.a]
+                unit = db_desc[cands] / np.linalg.norm(db_desc[cands], axis=1, keepdims=True)
+                assert p.b == cands[np.argmax(unit @ q_desc[p.a])]
+    for side, everything in (("queries", queries), ("database", candidates)):
+        cycle = described[side][: age + 1]
+        assert set().union(*cycle) == set(everything.tolist())  # each image once per cycle
+        assert sum(map(len, cycle)) == len(everything)
+        assert described[side][age + 1:] == cycle  # and the same turn the next cycle
+    # the kept descriptors travel in the sampler's state (checkpoints): a copy chooses alike
+    copy = GeoPairSampler(grid_split, GeoPairConfig(positive="feature-nearest", positive_max_age=age))
+    copy.load_state_dict(sampler.state_dict())
+    nxt = 2 * (age + 1) + 1
+    assert [x.tolist() for x in copy.needs_descriptors(nxt)] == [x.tolist() for x in sampler.needs_descriptors(nxt)]
+    assert copy.pairs(nxt - 1) == sampler.pairs(nxt - 1)
 
 
 def test_uniform_positives_need_no_descriptors(grid_split):

@@ -68,7 +68,7 @@ def test_resume_after_a_crash_equals_uninterrupted_run(tiny_world, tmp_path, mon
     from vgssl_core.training.run import ValidateAndCheckpoint
 
     args = ["--max-epochs", "2", "trainer.val_split=null", "trainer.test_split=null", "data.queries_per_epoch=12",
-            "optim.lr=1e-3", "model.freeze_stages=2", "optim.scheduler=cosine"]
+            "optim.lr=1e-3", "model.freeze_stages=2", "optim.scheduler=cosine", "trainer.deterministic=true"]
     assert train(tiny_world, tmp_path / "whole", "byol", *args) == 0
 
     real_epoch_end = ValidateAndCheckpoint.on_train_epoch_end

@@ -11,7 +11,11 @@ pool image is used and one warning line gives the numbers.
 The positive is a uniformly random database image within the train radius, or (``positive:
 feature-nearest``, as VG-SSL, ``datasets_ws.py:807-822``) the one nearest the query in the
 current model's descriptor space. Only the epoch's sampled queries and their candidate positives
-are described, once per epoch (``needs_descriptors`` / ``set_descriptors``).
+need descriptors; a descriptor made before an earlier epoch (or by a training step that computes
+exactly what a description would: ``keep``) stands in for at most ``positive_max_age`` epochs, each
+image re-described in its own epoch of every ``positive_max_age + 1`` so the work is spread evenly
+(``data.kept_embeddings``; ``needs_descriptors`` / ``set_descriptors``). ``positive_max_age: 0``
+describes them all every epoch, as the reference does.
 
 Batches hold ``batch_size`` pairs (all but the last of the epoch) and are *place-aware* where
 possible: no two pairs of a batch have images within ``eval_radius_m`` of each other (the
@@ -35,6 +39,7 @@ from scipy.spatial import cKDTree
 
 from vgssl_core.data.dataset import GeoSplit
 from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
+from vgssl_core.data.kept_embeddings import KeptEmbeddings
 from vgssl_core.errors import VgsslError
 
 log = logging.getLogger("vgssl")
@@ -60,6 +65,7 @@ class GeoPairConfig:
     queries_per_epoch: int | None = None  # None: every usable query
     db_negative_ratio: float = 1.0  # r
     positive: str = "uniform"
+    positive_max_age: int = 0  # feature-nearest: epochs a kept descriptor stands in for a new one
     batch_size: int = 32
     seed: int = 0
 
@@ -72,6 +78,8 @@ class GeoPairConfig:
             raise VgsslError(f"batch_size must be >= 2 for a pairwise loss, got {self.batch_size}")
         if self.train_radius_m <= 0 or self.eval_radius_m <= 0:
             raise VgsslError("train_radius_m and eval_radius_m must be positive")
+        if int(self.positive_max_age) < 0:
+            raise VgsslError(f"positive_max_age must be an integer >= 0, got {self.positive_max_age}")
         if self.queries_per_epoch is not None and int(self.queries_per_epoch) < 1:
             raise VgsslError(f"queries_per_epoch must be >= 1 or null, got {self.queries_per_epoch}")
 
@@ -116,6 +124,7 @@ class GeoPairSampler:
                 f"{config.train_radius_m} m; nothing to train on"
             )
         self._nearest: tuple[int, dict[int, int]] | None = None  # (epoch, query -> feature-nearest positive)
+        self.kept = KeptEmbeddings()  # feature-nearest: descriptors of what training saw / what was described
         self._plans: dict[int, tuple[list[list[GeoPair]], EpochStats]] = {}
         self._warned_pool = False
 
@@ -131,21 +140,38 @@ class GeoPairSampler:
 
     def needs_descriptors(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(query indices, database indices) to describe before ``epoch`` is planned, or None
-        (uniform positives need no descriptors): the sampled queries and their candidate positives."""
+        (uniform positives, or the epoch's positives are chosen): the sampled queries and their
+        candidate positives that have no kept descriptor at most ``positive_max_age`` epochs old
+        (either may be empty; ``set_descriptors`` is still due)."""
         if self.cfg.positive != "feature-nearest" or (self._nearest is not None and self._nearest[0] == epoch):
             return None
         queries = self.epoch_queries(epoch)
-        return queries, np.unique(np.concatenate([self.positives[q] for q in queries]))
+        candidates = np.unique(np.concatenate([self.positives[q] for q in queries]))
+        age = int(self.cfg.positive_max_age)
+        return (self.kept.missing("queries", queries, epoch, age, self.cfg.seed),
+                self.kept.missing("database", candidates, epoch, age, self.cfg.seed + 1))
+
+    def keep(self, side: str, indices, descriptors, epoch: int) -> None:
+        """Descriptors of images of ``side`` ("queries" / "database") a training step of ``epoch`` saw."""
+        if self.cfg.positive == "feature-nearest" and self.cfg.positive_max_age > 0:
+            self.kept.add(side, indices, descriptors, epoch)
 
     def set_descriptors(self, epoch: int, q_idx: np.ndarray, q_desc: np.ndarray,
                         db_idx: np.ndarray, db_desc: np.ndarray) -> None:
-        """The current model's L2-normalised descriptors of ``needs_descriptors(epoch)``."""
-        q_by, db_by = dict(zip(np.asarray(q_idx).tolist(), q_desc)), dict(zip(np.asarray(db_idx).tolist(), db_desc))
+        """The current model's descriptors of ``needs_descriptors(epoch)``; chooses the epoch's
+        positives from them and the kept ones."""
+        if len(q_idx):
+            self.kept.add("queries", q_idx, q_desc, epoch)
+        if len(db_idx):
+            self.kept.add("database", db_idx, db_desc, epoch)
         nearest = {}
-        for q in np.asarray(q_idx).tolist():
+        for q in self.epoch_queries(epoch).tolist():
             candidates = self.positives[q]
-            sims = np.stack([db_by[int(c)] for c in candidates]) @ q_by[q]
+            sims = self.kept.get("database", candidates) @ self.kept.get("queries", [q])[0]
             nearest[int(q)] = int(candidates[int(np.argmax(sims))])
+        self.kept.forget_older_than(epoch, int(self.cfg.positive_max_age))
+        if not self.cfg.positive_max_age:  # nothing is reused: checkpoints need not carry it
+            self.kept = KeptEmbeddings()
         self._nearest = (epoch, nearest)
         self._plans.pop(epoch, None)
 
@@ -155,12 +181,15 @@ class GeoPairSampler:
         if self._nearest is None:
             return {}
         epoch, nearest = self._nearest
-        return {"epoch": epoch, "queries": list(nearest), "positives": list(nearest.values())}
+        return {"epoch": epoch, "queries": list(nearest), "positives": list(nearest.values()),
+                "kept": self.kept.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("epoch") is not None:
             self._nearest = (int(state["epoch"]), {int(q): int(b) for q, b in zip(state["queries"], state["positives"])})
             self._plans.pop(self._nearest[0], None)
+        if state.get("kept") is not None:
+            self.kept.load_state_dict(state["kept"])
 
     def _choose_positive(self, epoch: int, q: int, rng: np.random.Generator) -> int:
         candidates = self.positives[q]

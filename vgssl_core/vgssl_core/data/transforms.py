@@ -58,6 +58,22 @@ def _normalise() -> list:
     return [T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+class _NormaliseUint8(torch.nn.Module):
+    """uint8 image -> normalised float32 in one allocation: ``(x - 255 mean) / (255 std)`` in place
+    on the float copy. The training views' last op (about 3x cheaper than ``ToDtype`` +
+    ``Normalize``, equal to 1 ulp); evaluation keeps ``_normalise`` (descriptor parity everywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype != torch.uint8:
+            raise TypeError(f"training views are normalised from uint8 images, got {image.dtype}")
+        return image.as_subclass(torch.Tensor).to(torch.float32).sub_(self.mean).div_(self.std)
+
+
 def eval_transform(image_size: tuple[int, int] | list[int]) -> T.Compose:
     """Resize to (height, width) and normalise; PIL images and HxWx3 uint8 arrays alike.
 
@@ -109,7 +125,9 @@ def train_transform(image_size: tuple[int, int] | list[int], augment: dict | Non
         steps.append(T.RandomHorizontalFlip(cfg["hflip_p"]))
     if max(cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"]) > 0:
         steps.append(T.ColorJitter(cfg["brightness"], cfg["contrast"], cfg["saturation"], cfg["hue"]))
-    return T.Compose([*steps, *_normalise()])
+    # every op above runs on the cropped, resized uint8 image (the crop first: nothing is done to
+    # pixels the view drops); then one fused normalisation
+    return T.Compose([*steps, _NormaliseUint8()])
 
 
 def seeded(transform: T.Compose, image: Image.Image | np.ndarray, seed: int) -> torch.Tensor:

@@ -131,6 +131,7 @@ class MomentumMethod(Method):
         self.momentum_model = copy.deepcopy(model)
         deactivate_requires_grad(self.momentum_model)
         self.register_buffer("momentum_synced", torch.tensor(False))
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_synced_seen", False))
         self.current_momentum = momentum
 
     @torch.no_grad()
@@ -139,8 +140,12 @@ class MomentumMethod(Method):
         self.momentum_synced.fill_(True)
 
     def _ensure_synced(self) -> None:
+        # the buffer is read once (on a GPU each read waits for the device), then the Python flag
+        if getattr(self, "_synced_seen", False):
+            return
         if not bool(self.momentum_synced):
             self.sync_momentum()
+        self._synced_seen = True
 
     def momentum_at(self, step: int, max_steps: int) -> float:
         if self.momentum_schedule == "constant":

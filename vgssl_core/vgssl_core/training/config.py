@@ -20,7 +20,7 @@ from vgssl_core.data.geo import EVAL_RADIUS_M, TRAIN_RADIUS_M
 from vgssl_core.errors import VgsslError
 
 MINING_MODES = ("full", "partial", "random")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")  # auto: bf16-mixed on a bf16 GPU, else 32-true
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine")
 BATCHNORM_MODES = ("train", "frozen")
@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
         "queries_per_epoch": None,
         "db_negative_ratio": 1.0,
         "positive": "uniform",
+        # feature-nearest: a descriptor the training step computed (or an earlier refresh made)
+        # stands in for a new description for this many epochs (0: describe all every epoch, as
+        # the reference); each epoch then describes about 1/6 of what a full refresh does
+        "positive_max_age": 5,
         "batch_size": 32,
         "workers": 2,
         "augment": {},  # a set's name or a mapping; see vgssl_core.data.transforms.AUGMENT_SETS
@@ -63,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "trainer": {
         "max_epochs": 10,
         "max_steps": -1,
-        "precision": "32-true",
+        "precision": "auto",
         "val_every_n_epochs": 1,
         "val_split": "val",
         "test_split": "test",
@@ -72,7 +76,14 @@ DEFAULTS: dict[str, Any] = {
         "devices": "auto",
         "num_nodes": 1,
         "strategy": "auto",
-        "deterministic": True,
+        # torch.use_deterministic_algorithms + cuBLAS workspace: needed for bit-exact GPU runs and
+        # resumes; on CPU the step is deterministic anyway (bench_training.py measures the cost)
+        "deterministic": False,
+        # torch.compile the backbone (GPU; the first steps pay the compilation)
+        "compile": False,
+        # rows of logs/metrics.csv (and loss checks, each a device-to-host sync): every N steps;
+        # null: every step on CPU (no sync to save), every 50 on a GPU
+        "log_every_n_steps": None,
         "loggers": ["csv"],  # csv, tensorboard, wandb
         "eval_batch_size": 32,
         # Backbone BatchNorm during training: "train" (batch statistics, running stats updated:
@@ -301,8 +312,13 @@ def _check_data_and_mining(cfg: dict[str, Any]) -> None:
     if data["positive"] not in POSITIVE_CHOICES:
         raise VgsslError(f"config key 'data.positive' is '{data['positive']}'; valid: {', '.join(POSITIVE_CHOICES)}")
     data["queries_per_epoch"] = _optional_count(data["queries_per_epoch"], "data.queries_per_epoch")
+    age = data["positive_max_age"]
+    if isinstance(age, bool) or not isinstance(age, (int, float)) or age != int(age) or age < 0:
+        raise VgsslError(f"config key 'data.positive_max_age' must be an integer >= 0, got {age!r}")
+    data["positive_max_age"] = int(age)
     mining["queries_per_epoch"] = _optional_count(mining["queries_per_epoch"], "mining.queries_per_epoch")
     trainer = cfg["trainer"]
+    trainer["log_every_n_steps"] = _optional_count(trainer["log_every_n_steps"], "trainer.log_every_n_steps")
     trainer["checkpoint_every_n_steps"] = _optional_count(trainer["checkpoint_every_n_steps"],
                                                           "trainer.checkpoint_every_n_steps")
     minutes = trainer["checkpoint_every_minutes"]

@@ -14,6 +14,7 @@ global batch (with gathered losses, ``methods.distributed``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -33,11 +34,24 @@ from vgssl_core.data.geopairs import EpochBatches, GeoPairConfig, GeoPairSampler
 from vgssl_core.methods import build_method
 from vgssl_core.evaluation.search import prepare
 from vgssl_core.training.data import GeoPairImages, TripletImages
+from vgssl_core.training.embedding_tap import EmbeddingTap, comparable_sides
 from vgssl_core.training.mining import MinedBatches, TripletMiner
 
 MODEL_PREFIX = "method.model."
 DATA_KEY = "vgssl_data"  # checkpoint entry: the per-epoch data history and the miner's state (resume)
 log = logging.getLogger("vgssl")
+
+
+class _CurrentBatches:
+    """The run's DataLoader's batch sampler: the current epoch's (``train_dataloader`` swaps them)."""
+
+    batches: Any = None
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class VgsslModule(pl.LightningModule):
@@ -55,8 +69,17 @@ class VgsslModule(pl.LightningModule):
             self.sampler = GeoPairSampler(train_split, GeoPairConfig(
                 train_radius_m=data["train_radius_m"], eval_radius_m=data["eval_radius_m"],
                 queries_per_epoch=data["queries_per_epoch"], db_negative_ratio=data["db_negative_ratio"],
-                positive=data["positive"], batch_size=data["batch_size"], seed=cfg["trainer"]["seed"]))
+                positive=data["positive"], positive_max_age=data["positive_max_age"],
+                batch_size=data["batch_size"], seed=cfg["trainer"]["seed"]))
             skipped = self.sampler.n_queries_without_positive
+        # feature-nearest positives also from the descriptors the steps compute, where those are
+        # what a description would give (data.kept_embeddings, training.embedding_tap)
+        reuse = self.sampler is not None and data["positive"] == "feature-nearest" and data["positive_max_age"] > 0
+        sides = comparable_sides(self.method.model, data["augment"], cfg["trainer"]["batchnorm"]) if reuse else ()
+        self.tap = EmbeddingTap(self.method, sides) if sides else None
+        self._loader: DataLoader | None = None  # one loader for the run: its workers persist across epochs
+        self._batches: EpochBatches | MinedBatches | None = None
+        self._nonfinite: torch.Tensor | None = None  # on a GPU: any non-finite loss since the last check
         self.n_queries_without_positive = skipped
         self._tick: float | None = None
         self.position = {"epoch": 0, "batches": 0}  # batches of the current epoch trained on
@@ -104,7 +127,11 @@ class VgsslModule(pl.LightningModule):
     # -- data ---------------------------------------------------------------------------
     def _describe(self, side: str, indices: np.ndarray) -> np.ndarray:
         images = self.train_split.queries if side == "queries" else self.train_split.database
-        paths = [images.paths[i] for i in indices]
+        return self._describe_paths([images.paths[i] for i in indices])
+
+    def _describe_paths(self, paths: list) -> np.ndarray:
+        if not paths:
+            return np.empty((0, 0), np.float32)
         desc = extract_descriptors(self.method.model, paths, self.cfg["model"]["image_size"], self.device,
                                    batch_size=self.cfg["trainer"]["eval_batch_size"],
                                    workers=self.cfg["data"]["workers"], progress=False)
@@ -129,26 +156,54 @@ class VgsslModule(pl.LightningModule):
                               f"{len(batches.chunks)} cache refreshes ({self.cfg['mining']['mode']} mining), "
                               f"{len(batches)} batches")
         else:
+            self._flush_kept()
             needed = self.sampler.needs_descriptors(epoch)
-            line_end = ""
-            if needed is not None:  # one descriptor refresh per epoch: the sampled queries, their positives
+            line_end, extra = "", {}
+            if needed is not None:  # the sampled queries and candidate positives with no recent kept descriptor
                 start = time.perf_counter()
-                q_idx, db_idx = needed
-                self.sampler.set_descriptors(epoch, q_idx, self._describe("queries", q_idx),
-                                             db_idx, self._describe("database", db_idx))
+                q_idx, db_idx = needed  # one extraction (one start of its loader's workers)
+                split = self.train_split
+                desc = self._describe_paths([split.queries.paths[i] for i in q_idx] +
+                                            [split.database.paths[i] for i in db_idx])
+                self.sampler.set_descriptors(epoch, q_idx, desc[:len(q_idx)], db_idx, desc[len(q_idx):])
                 refresh_s = round(time.perf_counter() - start, 3)
                 line_end = f"; descriptor refresh {len(q_idx) + len(db_idx)} images in {refresh_s} s"
+                extra = {"descriptor_refresh_s": refresh_s, "described_images": int(len(q_idx) + len(db_idx))}
+            if needed is not None and world > 1:
+                self._check_same_positives(epoch)
             stats = self.sampler.plan(epoch)[1]
-            extra = {} if needed is None else {"descriptor_refresh_s": refresh_s}
             self._record_data({**stats.as_dict(), **extra}, stats.line() + line_end)
             dataset, batches = GeoPairImages(self.train_split, size, data["augment"]), EpochBatches(self.sampler, rank, world, skip)
             batches.set_epoch(epoch)
-        workers = int(data["workers"])
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=False,
-                          pin_memory=self.device.type == "cuda")
+        return self._loader_for(dataset, batches)
+
+    def _check_same_positives(self, epoch: int) -> None:
+        """Under DDP every rank must train on its slice of one plan: the ranks compare a digest of
+        the epoch's feature-nearest positives (one small all-gather an epoch) and stop if they differ."""
+        nearest = self.sampler.state_dict()
+        pairs = np.asarray([nearest["queries"], nearest["positives"]], dtype=np.int64)
+        digest = torch.tensor([int.from_bytes(hashlib.sha256(pairs.tobytes()).digest()[:7], "little")],
+                              dtype=torch.int64, device=self.device)
+        everyone = self.all_gather(digest).reshape(-1)
+        if not bool((everyone == digest).all()):
+            raise RuntimeError(f"epoch {epoch}: the ranks chose different feature-nearest positives")
+
+    def _loader_for(self, dataset, batches) -> DataLoader:
+        """The run's one DataLoader, given this epoch's batches: with workers, they persist across
+        epochs (a dataset item is a pure function of its planned item: their copy never goes stale)."""
+        self._batches = batches
+        if self._loader is None:
+            workers = int(self.cfg["data"]["workers"])
+            self._current = _CurrentBatches()
+            self._loader = DataLoader(dataset, batch_sampler=self._current, num_workers=workers,
+                                      persistent_workers=workers > 0, pin_memory=self.device.type == "cuda")
+        self._current.batches = batches
+        return self._loader
 
     def _record_data(self, stats: dict[str, Any], line: str) -> None:
-        self.data_history = [h for h in self.data_history if h["epoch"] != stats["epoch"]] + [stats]
+        # an epoch resumed mid-way keeps what its first start recorded (its descriptor refresh)
+        earlier = next((h for h in self.data_history if h["epoch"] == stats["epoch"]), {})
+        self.data_history = [h for h in self.data_history if h["epoch"] != stats["epoch"]] + [{**earlier, **stats}]
         if self.trainer.is_global_zero:
             log.info(line)
 
@@ -173,11 +228,14 @@ class VgsslModule(pl.LightningModule):
             n_images = query.shape[0] * (2 + negatives.shape[1])
         else:
             view_a, view_b, positions = batch
+            if self.tap is not None:
+                self.tap.active = True
             loss = self.method.loss_pairs(view_a, view_b, positions)
             n_images = 2 * view_a.shape[0]
-        if not torch.isfinite(loss):
-            raise VgsslError(f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                             "stopped; the last good checkpoint is kept — lower optim.lr or check the data")
+        self._check_loss(loss)
+        if self.tap is not None:
+            self.tap.active = False
+            self.tap.record(self._batches._batches()[batch_idx], view_a, view_b, int(self.current_epoch))
         self.position = {"epoch": int(self.current_epoch), "batches": int(batch_idx) + 1}
         now = time.perf_counter()
         if self._tick is not None:  # all ranks' images: the global batch
@@ -188,6 +246,33 @@ class VgsslModule(pl.LightningModule):
         # whole batch's where the method gathers)
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n_images, sync_dist=True)
         return loss
+
+    def _check_loss(self, loss: torch.Tensor, force: bool = False) -> None:
+        """A non-finite loss stops the run. On CPU every step; on a GPU the flag stays on the
+        device and is read (a sync) every ``log_every_n_steps`` and before any checkpoint."""
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
+        step = int(self.global_step)
+        if self.device.type == "cuda" and not force and (step + 1) % int(self.trainer.log_every_n_steps or 1):
+            return
+        if bool(self._nonfinite):
+            where = f"at step {step}" if self.device.type != "cuda" else f"by step {step}"
+            raise VgsslError(f"loss is {loss.item()} {where} (epoch {self.current_epoch}); "
+                             "stopped; the last good checkpoint is kept — lower optim.lr or check the data")
+        self._nonfinite = None
+
+    def _flush_kept(self) -> None:
+        if self.tap is not None:
+            world = self.trainer.world_size
+            self.tap.flush(self.sampler, self.all_gather if world > 1 else None, world)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.device.type == "cuda":  # NHWC, as run.train made the network
+            batch = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in batch]
+        return batch
+
+    def on_train_epoch_end(self) -> None:
+        self._flush_kept()
 
     def on_train_epoch_start(self) -> None:
         self._tick = None
@@ -256,6 +341,9 @@ class VgsslModule(pl.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._nonfinite is not None:  # a GPU run's unchecked steps: no checkpoint of a diverged model
+            self._check_loss(torch.zeros((), device=self.device), force=True)
+        self._flush_kept()
         checkpoint[KEY] = {
             "format": FORMAT_VERSION,
             "vgssl_version": __version__,

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from vgssl_core.models.checkpoint import read_checkpoint
@@ -197,6 +199,30 @@ def _init_netvlad(module: VgsslModule, cfg: dict[str, Any], n_images: int = 500)
     module.method.sync_momentum()
 
 
+def _uses_gpu(trainer_cfg: dict[str, Any]) -> bool:
+    import torch
+
+    return trainer_cfg["accelerator"] in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def _precision(name: str, gpu: bool) -> str:
+    """``auto``: bf16 autocast on a GPU that has bf16 (Ampere and later), float32 elsewhere."""
+    import torch
+
+    if name != "auto":
+        return name
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _compile_backbones(module: VgsslModule) -> None:
+    """``trainer.compile``: ``torch.compile`` the backbone(s) in place (``nn.Module.compile``: the
+    state-dict keys, and so the checkpoints, stay as they are; the hooks of the descriptor
+    network's outer modules, ``training.embedding_tap``, keep working)."""
+    for net in (module.method.model, getattr(module.method, "momentum_model", None)):
+        if net is not None:
+            net.backbone.compile()
+
+
 def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume: str | Path | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train one strategy; returns the summary also written to ``RUN_DIR/summary.json``."""
@@ -212,6 +238,8 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     elif (run_dir / "last.ckpt").exists():
         raise VgsslError(f"{run_dir} already holds a run (last.ckpt); use --resume {run_dir / 'last.ckpt'} or a new --out")
     trainer_cfg = cfg["trainer"]
+    gpu = _uses_gpu(trainer_cfg)
+    log_every = trainer_cfg["log_every_n_steps"] or (50 if gpu else 1)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # its banner lines, not its warnings
     pl.seed_everything(int(trainer_cfg["seed"]), workers=True, verbose=False)
     train_split = load_split(data, "train")
@@ -226,6 +254,10 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
                  f"{cfg['data']['train_radius_m']} m and are left out")
     if cfg["model"]["aggregation"] == "netvlad" and resume is None:
         _init_netvlad(module, cfg)
+    if gpu:  # NHWC convolutions (tensor cores); the batches follow in VgsslModule.on_after_batch_transfer
+        module.method.to(memory_format=torch.channels_last)
+    if trainer_cfg["compile"]:
+        _compile_backbones(module)
     callback = ValidateAndCheckpoint(run_dir, val_split, trainer_cfg["val_every_n_epochs"], cfg)
     steps = StepCheckpoint(run_dir, trainer_cfg["checkpoint_every_n_steps"], trainer_cfg["checkpoint_every_minutes"])
     with warnings.catch_warnings():
@@ -241,11 +273,11 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
             devices=trainer_cfg["devices"],
             num_nodes=int(trainer_cfg["num_nodes"]),
             strategy=trainer_cfg["strategy"],
-            precision=trainer_cfg["precision"],
+            precision=_precision(trainer_cfg["precision"], gpu),
             gradient_clip_val=cfg["optim"]["grad_clip"],
             deterministic=bool(trainer_cfg["deterministic"]),
             logger=_loggers(cfg, run_dir, resume_step) or False,
-            callbacks=[callback, steps],
+            callbacks=[callback, steps, *([TQDMProgressBar(refresh_rate=log_every)] if progress else [])],
             enable_checkpointing=False,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -253,7 +285,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
             use_distributed_sampler=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            log_every_n_steps=1,
+            log_every_n_steps=log_every,
             plugins=[SafeCheckpointIO()],
         )
         start = time.perf_counter()

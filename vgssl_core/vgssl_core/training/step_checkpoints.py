@@ -47,7 +47,9 @@ class StepCheckpoint(pl.Callback):
         return bool(trainer.strategy.broadcast(due, src=0))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self._due(trainer):
+        # the epoch's last batch: the epoch end writes last.ckpt (once, as a finished epoch)
+        last_of_epoch = getattr(module, "position", {}).get("batches", 0) >= trainer.num_training_batches
+        if not last_of_epoch and self._due(trainer):
             trainer.save_checkpoint(self.path, weights_only=False)
             self._last_save = time.monotonic()
 
