@@ -43,10 +43,15 @@ costs with GeoPairs and with the triplet baseline's hard-negative mining.
     the timed span), and that refresh against the previous epoch's. Data loading runs in the
     process (``data.workers=0``) on ``--threads`` torch threads (default 1), so its CPU seconds
     are the whole cost: wall and CPU ratios are both reported, CPU ones being the ones that hold
-    on a loaded machine.
+    on a loaded machine. With random weights the candidates' descriptors are near-ties, so the
+    agreement says little there: ``--preset`` runs another shipped preset at its own size and
+    batch (e.g. ``demo-lite-simclr``, ImageNet EfficientNet-Lite0), ``--set`` overrides keys of
+    it, ``--world-preset``/``--data`` choose the world (``--data``: one already rendered, only read).
 
     python benchmarks/bench_training.py [--quick] [--workers 0,1,2] [--repeats 1] [--profile] [--cache DIR]
     python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5]
+    python benchmarks/bench_training.py --only epochs --preset demo-lite-simclr --data WORLD \
+        --set data.queries_per_epoch=96 --out bench_results/training-demo-lite.json
 
 Synthetic worlds are rendered once into ``--cache`` (default /tmp/vgssl_bench_training; about
 4 minutes on 2 busy cores the first time) and reused.
@@ -279,40 +284,53 @@ def _collated_batches(data: Path, cfg: dict, count: int, batch: int = BATCH) -> 
 
 
 EPOCH_PRESET = "wacv-r50-simclr"  # the paper's positive rule (feature-nearest), ResNet-50, r = 0
-EPOCH_SIZE = (96, 128)
+EPOCH_SIZE = (96, 128)  # the default preset's reduction (its random-weight ResNet-50 at full size is too slow)
 EPOCH_BATCH = 16
 
 
-def epoch_config(positive: str, max_age: int | None, epochs: int, lr: float) -> dict:
+def epoch_config(job: dict, positive: str, max_age: int | None, epochs: int) -> dict:
+    """``job["preset"]`` with the variant's positive rule; only the default preset is reduced
+    (EPOCH_SIZE, EPOCH_BATCH): another one keeps its own size and batch, ``job["set"]`` last."""
     from vgssl_core.training.config import load_config
 
+    reduce = ([f"model.image_size=[{EPOCH_SIZE[0]},{EPOCH_SIZE[1]}]", f"data.batch_size={EPOCH_BATCH}"]
+              if job["preset"] == EPOCH_PRESET else [])
     age = [] if max_age is None else [f"data.positive_max_age={max_age}"]
-    return load_config(EPOCH_PRESET, [
-        f"model.image_size=[{EPOCH_SIZE[0]},{EPOCH_SIZE[1]}]", f"data.batch_size={EPOCH_BATCH}", "data.workers=0",
-        f"data.positive={positive}", *age, f"optim.lr={lr}", f"trainer.max_epochs={epochs}",
-        "trainer.val_split=val", "trainer.test_split=null", "trainer.loggers=[csv]", "trainer.devices=1"])
+    lr = [] if job["lr"] is None else [f"optim.lr={job['lr']}"]
+    return load_config(job["preset"], [
+        *reduce, "data.workers=0", f"data.positive={positive}", *age, *lr, f"trainer.max_epochs={epochs}",
+        "trainer.val_split=val", "trainer.test_split=null", "trainer.loggers=[csv]", "trainer.devices=1", *job["set"]])
 
 
-def _agreement(module, epoch: int, previous_fresh: dict) -> tuple[dict, dict]:
-    """The kept run's positives for ``epoch`` against a full refresh with the current model, and
-    that refresh against the previous epoch's (how much the reference's own choice moves)."""
+def _full_refresh(module, epoch: int) -> dict:
+    """{query: positive} that a full refresh with the module's current model chooses for ``epoch``."""
     import dataclasses
 
     from vgssl_core.data.geopairs import GeoPairSampler
 
-    sampler = module.sampler
-    full = GeoPairSampler(module.train_split, dataclasses.replace(sampler.cfg, positive_max_age=0))
+    full = GeoPairSampler(module.train_split, dataclasses.replace(module.sampler.cfg, positive_max_age=0))
     q_idx, db_idx = full.needs_descriptors(epoch)
     split = module.train_split
     desc = module._describe_paths([split.queries.paths[i] for i in q_idx] + [split.database.paths[i] for i in db_idx])
     full.set_descriptors(epoch, q_idx, desc[:len(q_idx)], db_idx, desc[len(q_idx):])
-    kept, fresh = sampler._nearest[1], full._nearest[1]
+    return dict(full._nearest[1])
+
+
+def _agreement(module, epoch: int, previous_fresh: dict, one_epoch_old: dict | None) -> tuple[dict, dict]:
+    """The kept run's positives for ``epoch`` against a full refresh with the current model; that
+    refresh against the previous epoch's (how much the reference's own choice moves, on the
+    queries both epochs sampled) and against ``one_epoch_old``, a full refresh for ``epoch`` by
+    the previous epoch's model (what descriptors all one epoch old would choose, on every query)."""
+    kept, fresh = module.sampler._nearest[1], _full_refresh(module, epoch)
     # queries with a single candidate agree by construction: report the others too
-    multi = [q for q in fresh if len(sampler.positives[q]) > 1]
+    multi = [q for q in fresh if len(module.sampler.positives[q]) > 1]
     both = [q for q in fresh if q in previous_fresh]
+    old = one_epoch_old or {}
     return {"queries": len(fresh), "agree": sum(kept[q] == fresh[q] for q in fresh),
             "multi_candidate": len(multi), "agree_multi": sum(kept[q] == fresh[q] for q in multi),
-            "fresh_vs_previous_fresh": sum(fresh[q] == previous_fresh[q] for q in both) / max(len(both), 1)}, fresh
+            "fresh_vs_previous_fresh": sum(fresh[q] == previous_fresh[q] for q in both) / max(len(both), 1),
+            "fresh_vs_previous_fresh_queries": len(both),
+            "fresh_vs_one_epoch_old": (sum(fresh[q] == old.get(q) for q in fresh) / len(fresh)) if old else None}, fresh
 
 
 def child_epochs(job: dict) -> dict:
@@ -327,7 +345,7 @@ def child_epochs(job: dict) -> dict:
     from vgssl_core.training import run as run_module
 
     data = Path(job["data"])
-    cfg = epoch_config(job["positive"], job["max_age"], job["epochs"], job["lr"])
+    cfg = epoch_config(job, job["positive"], job["max_age"], job["epochs"])
     prep: list[float] = []
     epochs: list[dict] = []
     agreement: list[dict] = []
@@ -349,8 +367,12 @@ def child_epochs(job: dict) -> dict:
                 state["fresh"] = dict(pl_module.sampler._nearest[1])
             if job["agreement"] and trainer.current_epoch > 0:  # outside the timed span (and the run's)
                 start = time.perf_counter()
-                row, state["fresh"] = _agreement(pl_module, trainer.current_epoch, state["fresh"])
+                row, state["fresh"] = _agreement(pl_module, trainer.current_epoch, state["fresh"], state.get("next"))
                 agreement.append({"epoch": trainer.current_epoch, **row, "s": time.perf_counter() - start})
+            if job["agreement"] and trainer.current_epoch + 1 < trainer.max_epochs:  # next epoch's, this model
+                start = time.perf_counter()
+                state["next"] = _full_refresh(pl_module, trainer.current_epoch + 1)
+                agreement.append({"epoch": None, "s": time.perf_counter() - start})  # its time only
             starts.clear()
             cpu.clear()
 
@@ -384,8 +406,10 @@ def child_epochs(job: dict) -> dict:
         e["preparation_s"], e["preparation_cpu_s"] = p, p_cpu
         e["prep_over_steps"] = p / e["step_s"]
         e["prep_over_steps_cpu"] = p_cpu / e["step_cpu_s"]
-    for e, h in zip(epochs, summary["val_history"]):
-        e["val_recall"] = {n: h["recall"][n] for n in ("1", "5")}
+    by_epoch = {e["epoch"]: e for e in epochs}
+    for h in summary["val_history"]:  # the epochs the preset validates after (trainer.val_every_n_epochs)
+        if h["epoch"] in by_epoch:
+            by_epoch[h["epoch"]]["val_recall"] = {n: h["recall"][n] for n in ("1", "5")}
     total -= sum(a["s"] for a in agreement)  # the diagnostic is not part of the run
     return {"positive": job["positive"], "max_age": job["max_age"], "run_s": total, "epochs": epochs,
             "agreement": agreement, "described": [h.get("described_images") for h in summary["data_history"]],
@@ -397,8 +421,8 @@ def child_model_steps(job: dict) -> dict:
     """(c) model-only steps of the epoch runs' model and batch, deterministic off and on."""
     import torch
 
-    cfg = epoch_config("uniform", None, 1, job["lr"])
-    model_only = ModelOnly(Path(job["data"]), cfg, EPOCH_BATCH)
+    cfg = epoch_config(job, "uniform", None, 1)
+    model_only = ModelOnly(Path(job["data"]), cfg, cfg["data"]["batch_size"])
     torch.set_num_threads(job["threads"])
     off, off_cpu = model_only.run(1, job["model_steps"], deterministic=False)
     on, on_cpu = model_only.run(1, job["model_steps"], deterministic=True)
@@ -410,10 +434,11 @@ def child_model_steps(job: dict) -> dict:
 
 
 def bench_epochs(args, cache: Path) -> dict:
-    data = world(cache, "tiny", PREP_SIZE)
-    print(f"(c) whole runs on {data} ...", flush=True)
+    data = Path(args.data) if args.data else world(cache, args.world_preset, PREP_SIZE)
+    print(f"(c) whole runs of {args.preset} on {data} ...", flush=True)
     base = {"data": str(data), "tmp": str(cache), "epochs": args.epochs, "lr": args.lr, "model_steps": args.model_steps,
-            "threads": args.threads}
+            "threads": args.threads, "preset": args.preset, "set": args.set}
+    cfg = epoch_config(base, "uniform", None, args.epochs)
     model = spawn({**base, "task": "model_steps"})
     print(f"  model only: {model['model_only_s']:.3f} s/step, {model['model_only_cpu_s']:.3f} CPU s "
           f"(deterministic: {model['model_only_deterministic_s']:.3f}, {model['model_only_deterministic_cpu_s']:.3f} CPU s)"
@@ -429,12 +454,13 @@ def bench_epochs(args, cache: Path) -> dict:
               f"  load {load_average()[0]}", flush=True)
     later = lambda r, key: statistics.median(e[key] for e in r["epochs"][1:])  # noqa: E731 (second epoch on)
     kept = runs["kept"]
+    kept["agreement"] = [a for a in kept["agreement"] if a["epoch"] is not None]  # rows of time only were counted
     agree = sum(a["agree"] for a in kept["agreement"]) / max(sum(a["queries"] for a in kept["agreement"]), 1)
     agree_multi = (sum(a["agree_multi"] for a in kept["agreement"]) /
                    max(sum(a["multi_candidate"] for a in kept["agreement"]), 1))
-    return {"preset": EPOCH_PRESET, "size": list(EPOCH_SIZE), "batch": EPOCH_BATCH, "epochs": args.epochs,
-            "threads": args.threads,
-            "lr": args.lr, "model": model, "runs": runs,
+    return {"preset": args.preset, "overrides": args.set, "data": str(data), "size": list(cfg["model"]["image_size"]),
+            "batch": cfg["data"]["batch_size"], "epochs": args.epochs, "threads": args.threads,
+            "queries_per_epoch": cfg["data"]["queries_per_epoch"], "lr": cfg["optim"]["lr"], "model": model, "runs": runs,
             "kept_prep_over_steps_median_from_epoch_1": later(kept, "prep_over_steps"),
             "full_refresh_prep_over_steps_median_from_epoch_1": later(runs["full_refresh"], "prep_over_steps"),
             "kept_step_over_model_only": later(kept, "median_step_s") / model["model_only_s"],
@@ -450,13 +476,17 @@ def bench_epochs(args, cache: Path) -> dict:
             "agreement": agree, "agreement_multi_candidate": agree_multi,
             "agreement_by_epoch": [round(a["agree"] / a["queries"], 3) for a in kept["agreement"]],
             "fresh_stability": [round(a["fresh_vs_previous_fresh"], 3) for a in kept["agreement"]],
+            "fresh_stability_queries": [a["fresh_vs_previous_fresh_queries"] for a in kept["agreement"]],
+            "fresh_vs_one_epoch_old": [None if a["fresh_vs_one_epoch_old"] is None else round(a["fresh_vs_one_epoch_old"], 3)
+                                       for a in kept["agreement"]],
             "deterministic_cost": model["model_only_deterministic_s"] / model["model_only_s"],
             "deterministic_cost_cpu": model["model_only_deterministic_cpu_s"] / model["model_only_cpu_s"]}
 
 
 def print_epochs(c: dict) -> None:
-    print(f"\n(c) whole runs, {c['preset']} at {c['size'][0]}x{c['size'][1]}, batch {c['batch']}, {c['epochs']} epochs, "
-          f"lr {c['lr']:g}; model only {c['model']['model_only_s']:.3f} s/step "
+    print(f"\n(c) whole runs, {c['preset']} {' '.join(c.get('overrides', []))} on {c.get('data', '?')} at "
+          f"{c['size'][0]}x{c['size'][1]}, batch {c['batch']}, {c.get('queries_per_epoch')} queries per epoch, "
+          f"{c['epochs']} epochs, lr {c['lr']:g}; model only {c['model']['model_only_s']:.3f} s/step "
           f"(deterministic on: x{c['deterministic_cost']:.3f} wall, x{c['deterministic_cost_cpu']:.3f} CPU)")
     m, mc = c["model"]["model_only_s"], c["model"]["model_only_cpu_s"]
     print("| run | epoch | prep s (CPU s) | steps s (CPU s) | prep / steps: wall, CPU | median step / model only: wall, CPU "
@@ -477,8 +507,10 @@ def print_epochs(c: dict) -> None:
           f"{c['kept_train_over_uniform']:.3f}; CPU {c['kept_train_over_uniform_cpu']:.3f}), full refresh "
           f"{c['full_refresh_run_over_uniform']:.3f} (CPU, prep + steps: {c['full_refresh_train_over_uniform_cpu']:.3f})")
     print(f"    kept positives = full refresh's on {100 * c['agreement']:.1f} % of queries "
-          f"({100 * c['agreement_multi_candidate']:.1f} % of those with > 1 candidate; a full refresh agrees with "
-          f"the previous epoch's on {c['fresh_stability']}); described per epoch: kept "
+          f"({100 * c['agreement_multi_candidate']:.1f} % of those with > 1 candidate; by epoch "
+          f"{c['agreement_by_epoch']}); a full refresh agrees with the previous epoch's on {c['fresh_stability']} "
+          f"(of {c.get('fresh_stability_queries')} queries sampled in both), with one by the previous epoch's model "
+          f"on {c.get('fresh_vs_one_epoch_old')}; described per epoch: kept "
           f"{c['runs']['kept']['described']}, full {c['runs']['full_refresh']['described']}")
 
 
@@ -900,7 +932,14 @@ def main() -> None:
     parser.add_argument("--only", choices=("step", "preparation", "epochs"), default=None,
                         help="one part; 'epochs' (c) runs only when asked for")
     parser.add_argument("--epochs", type=int, default=4, help="(c) epochs of each whole run")
-    parser.add_argument("--lr", type=float, default=1e-5, help="(c) learning rate (the paper's: 1e-5)")
+    parser.add_argument("--lr", type=float, default=None, help="(c) learning rate (default: the preset's)")
+    parser.add_argument("--preset", default=EPOCH_PRESET,
+                        help=f"(c) shipped preset of the runs (default {EPOCH_PRESET}, reduced to "
+                             f"{EPOCH_SIZE[0]}x{EPOCH_SIZE[1]}, batch {EPOCH_BATCH}; another keeps its own size and batch)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="(c) config override applied last, repeatable (e.g. data.queries_per_epoch=96)")
+    parser.add_argument("--world-preset", default="tiny", help="(c) synthetic world rendered at 160x120 (default tiny)")
+    parser.add_argument("--data", default=None, help="(c) an already rendered world to use instead (read only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="(c) torch threads: with 1, CPU seconds do not count threads spin-waiting on a "
                              "loaded machine, so the CPU ratios hold whatever else runs")
