@@ -242,7 +242,7 @@ NODE_MAIN = textwrap.dedent(
         try:
             run(node)
         except (KeyboardInterrupt, ExternalShutdownException):
-            pass  # Ctrl-C (the test's SIGINT) is a clean exit
+            return  # Ctrl-C (the test's SIGINT) is a clean exit (finally still cleans up)
         except RCLError:  # the signal shut the context down while spin built its wait set
             if rclpy.ok():
                 raise
