@@ -181,12 +181,14 @@ class ModelOnly:
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.method = build_method(cfg["method"], cfg["model"], cfg["method_config"]).to(self.device).train()
+        self.method.to(memory_format=torch.channels_last)  # as vgssl_core.training.run does
         optim = cfg["optim"]
         self.optimizer = torch.optim.Adam(self.method.trainable_parameters(), lr=optim["lr"],
                                           weight_decay=optim["weight_decay"])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # set-up, not timed: augmentation is fastest on one thread, as in a worker
-        self.batches = [[t.to(self.device) for t in b] for b in _collated_batches(data, cfg, 4, batch)]
+        self.batches = [[t.to(self.device).contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t.to(self.device)
+                         for t in b] for b in _collated_batches(data, cfg, 4, batch)]
         torch.set_num_threads(threads)
         self.done = 0
 

@@ -67,6 +67,9 @@ def test_demo_on_a_dataset_prints_intervals_and_verdicts_and_feeds_the_table(tin
         assert 100 * np.mean(row["hits_at_1"]) == pytest.approx(row["recall"]["1"])
     trained = [r for r in demo["rows"] if r["kind"] == "trained"]
     assert all(r["steps"] == 1 and r["start"] == methods[1] for r in trained)
+    # a row's time holds its training once, and the rows together fit in the demo's own time
+    assert all(r["seconds"] >= r["train_seconds"] for r in trained)
+    assert sum(r["seconds"] for r in demo["rows"]) <= demo["seconds"]
     assert {v["outcome"] for v in demo["verdicts"]} <= {"holds", "reversed", "not shown"}
     # the demo's runs are ordinary finished runs: `vgssl table` reads them and adds their starting point
     table = tmp_path / "table"

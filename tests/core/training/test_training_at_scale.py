@@ -172,8 +172,10 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_world, tmp_p
         same = sum(a == b for a, b in zip(ddp_data["sampler"]["positives"], one_data["sampler"]["positives"]))
         assert same >= 18 == len(one_data["sampler"]["positives"]) - 2
         assert ddp_data["history"][1]["described_images"] == one_data["history"][1]["described_images"]
+    # NHWC (channels-last) CPU kernels sum in another order at batch 2 than at 4: weights differ by
+    # up to ~2e-5 after 3 steps (a step at the wrong scale moves them by ~1e-2)
     assert_same_weights(tmp_path / "ddp" / "last.ckpt", tmp_path / "one" / "last.ckpt", exact=False,
-                        **({} if steps == 3 else {"rtol": 1e-2, "atol": 1e-3}))
+                        **({"atol": 1e-4} if steps == 3 else {"rtol": 1e-2, "atol": 1e-3}))
     if with_test:
         assert ddp.stdout.count("trained simclr: 3 steps") == 1
         assert sorted(p.name for p in (tmp_path / "ddp").glob("*.json")) == ["config.json", "summary.json", "test.json"]

@@ -12,8 +12,7 @@ The positive is a uniformly random database image within the train radius, or (`
 feature-nearest``, as VG-SSL, ``datasets_ws.py:807-822``) the one nearest the query in the
 current model's descriptor space. Only the epoch's sampled queries and their candidate positives
 need descriptors; a descriptor made before an earlier epoch (or by a training step that computes
-exactly what a description would: ``keep``) stands in for at most ``positive_max_age`` epochs, each
-image re-described in its own epoch of every ``positive_max_age + 1`` so the work is spread evenly
+exactly what a description would: ``keep``) stands in for at most ``positive_max_age`` epochs
 (``data.kept_embeddings``; ``needs_descriptors`` / ``set_descriptors``). ``positive_max_age: 0``
 describes them all every epoch, as the reference does.
 
@@ -148,8 +147,7 @@ class GeoPairSampler:
         queries = self.epoch_queries(epoch)
         candidates = np.unique(np.concatenate([self.positives[q] for q in queries]))
         age = int(self.cfg.positive_max_age)
-        return (self.kept.missing("queries", queries, epoch, age, self.cfg.seed),
-                self.kept.missing("database", candidates, epoch, age, self.cfg.seed + 1))
+        return self.kept.missing("queries", queries, epoch, age), self.kept.missing("database", candidates, epoch, age)
 
     def keep(self, side: str, indices, descriptors, epoch: int) -> None:
         """Descriptors of images of ``side`` ("queries" / "database") a training step of ``epoch`` saw."""

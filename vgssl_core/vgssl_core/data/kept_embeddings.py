@@ -24,11 +24,6 @@ import torch
 SIDES = ("queries", "database")
 
 
-def _slot(index: int, salt: int) -> int:
-    """A fixed pseudo-random integer per image (the same in every process and run)."""
-    return (int(index) * 2654435761 + int(salt) * 40503) % 1000003
-
-
 class KeptEmbeddings:
     """L2-normalised float16 descriptors of training images, newest kept per image."""
 
@@ -47,18 +42,16 @@ class KeptEmbeddings:
         for i, e in zip(np.asarray(indices).tolist(), emb.astype(np.float16)):
             rows[int(i)] = (int(tag), e)
 
-    def missing(self, side: str, indices, epoch: int, max_age: int, salt: int = 0) -> np.ndarray:
-        """Those of ``indices`` to describe for ``epoch``: none kept, kept but older than
-        ``max_age``, or due: each image's turn comes once every ``max_age + 1`` epochs (its slot, a
-        hash of (index, salt)), so the descriptions are spread over the epochs instead of all
-        expiring together, and none is ever used more than ``max_age`` epochs old."""
-        rows, period = self._rows[side], max_age + 1
-        out = []
-        for i in np.asarray(indices).tolist():
-            row = rows.get(i)
-            due = (epoch + _slot(i, salt)) % period == 0 and (row is None or row[0] != epoch)
-            if row is None or epoch - row[0] > max_age or due:
-                out.append(i)
+    def missing(self, side: str, indices, epoch: int, max_age: int) -> np.ndarray:
+        """Those of ``indices`` to describe for ``epoch``: none kept, or kept but older than ``max_age``.
+
+        Each image waits for its own expiry. Re-describing some early to spread the work evenly
+        over the epochs (as a first version did) costs about half a full refresh more over any
+        run, for no fresher positives on average: both keep a descriptor's age between 0 and
+        ``max_age``; only the epochs' times differ (here one epoch in ``max_age + 1`` describes
+        what expired together)."""
+        rows = self._rows[side]
+        out = [i for i in np.asarray(indices).tolist() if i not in rows or epoch - rows[i][0] > max_age]
         return np.array(out, dtype=np.int64)
 
     def get(self, side: str, indices) -> np.ndarray:

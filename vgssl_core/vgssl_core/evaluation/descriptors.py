@@ -54,7 +54,7 @@ class ImageFiles(Dataset):
 @torch.no_grad()
 def embed_batch(model: torch.nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndarray:
     """Descriptors of one preprocessed batch (B, 3, H, W) as float32 (B, D)."""
-    batch = batch.to(device, non_blocking=True)
+    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)  # NHWC: see load_descriptor_model
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model.retrieval_descriptor(batch) if hasattr(model, "retrieval_descriptor") else model(batch)
     return out.float().cpu().numpy()

@@ -217,8 +217,8 @@ def run_demo(out: Path, *, data: str | Path | None = None, preset: str = "demo",
 
     for (label, category, preset_name), cfg in zip(runs, cfgs):
         run_dir = out / "runs" / root.name / f"{preset_name}-seed{seed}"
-        begin = time.perf_counter()
         summary = _train(cfg, root, run_dir, label, progress)
+        begin = time.perf_counter()  # a reused run's training time is its summary's, so count scoring from here
         ckpt = run_checkpoint(run_dir)
         model, model_cfg, _ = load_descriptor_model(ckpt)
         report, hits, db_desc = _score(model, model_cfg, test, **score)

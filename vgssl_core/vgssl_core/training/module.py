@@ -267,9 +267,7 @@ class VgsslModule(pl.LightningModule):
             self.tap.flush(self.sampler, self.all_gather if world > 1 else None, world)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.device.type == "cuda":  # NHWC, as run.train made the network
-            batch = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in batch]
-        return batch
+        return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in batch]  # NHWC, as run.train made the network
 
     def on_train_epoch_end(self) -> None:
         self._flush_kept()
