@@ -49,7 +49,7 @@ costs with GeoPairs and with the triplet baseline's hard-negative mining.
     it, ``--world-preset``/``--data`` choose the world (``--data``: one already rendered, only read).
 
     python benchmarks/bench_training.py [--quick] [--workers 0,1,2] [--repeats 1] [--profile] [--cache DIR]
-    python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5]
+    python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5] [--repeats 3]
     python benchmarks/bench_training.py --only epochs --preset demo-lite-simclr --data WORLD \
         --set data.queries_per_epoch=96 --out bench_results/training-demo-lite.json
 
@@ -445,16 +445,27 @@ def bench_epochs(args, cache: Path) -> dict:
     print(f"  model only: {model['model_only_s']:.3f} s/step, {model['model_only_cpu_s']:.3f} CPU s "
           f"(deterministic: {model['model_only_deterministic_s']:.3f}, {model['model_only_deterministic_cpu_s']:.3f} CPU s)"
           f"  load {load_average()[0]}", flush=True)
-    runs = {}
-    for name, positive, age in (("uniform", "uniform", None), ("kept", "feature-nearest", None),
-                                ("full_refresh", "feature-nearest", 0)):
-        runs[name] = spawn({**base, "task": "epochs", "positive": positive, "max_age": age, "agreement": name == "kept"})
-        r = runs[name]
-        print(f"  {name}: run {r['run_s']:.1f} s, train (prep + steps) {r['train_s']:.1f} s; per epoch prep/steps " +
-              ", ".join(f"{e['preparation_s']:.2f}/{e['step_s']:.2f} (CPU {e['preparation_cpu_s']:.2f}/{e['step_cpu_s']:.2f})"
-                        for e in r["epochs"]) +
-              f"  load {load_average()[0]}", flush=True)
+    variants = (("uniform", "uniform", None), ("kept", "feature-nearest", None), ("full_refresh", "feature-nearest", 0))
+    every: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    for rep in range(args.repeats):  # interleaved, the order rotated: a slow spell of the machine hits every variant
+        for name, positive, age in variants[rep % 3:] + variants[:rep % 3]:
+            r = spawn({**base, "task": "epochs", "positive": positive, "max_age": age, "agreement": name == "kept" and rep == 0})
+            every[name].append(r)
+            print(f"  {name} ({rep + 1}/{args.repeats}): run {r['run_s']:.1f} s, train (prep + steps) {r['train_s']:.1f} s; "
+                  "per epoch prep/steps " +
+                  ", ".join(f"{e['preparation_s']:.2f}/{e['step_s']:.2f} (CPU {e['preparation_cpu_s']:.2f}/{e['step_cpu_s']:.2f})"
+                            for e in r["epochs"]) + f"  load {load_average()[0]}", flush=True)
+    # the per-epoch table shows each variant's first run (the kept one carries the agreement); the
+    # whole-run ratios are medians over the repeats of ratios within one repeat
+    runs = {name: rs[0] for name, rs in every.items()}
+    per_repeat = {f"{name}_train_over_uniform_cpu": [r["train_cpu_s"] / u["train_cpu_s"] for r, u in zip(every[name], every["uniform"])]
+                  for name in ("kept", "full_refresh")}
+    # within one run: what preparing its epochs added to its own steps (free of the run-to-run
+    # noise of step times between processes, +-10 % on the 2-core VM)
+    per_repeat["kept_prep_over_steps_whole_run_cpu"] = [sum(e["preparation_cpu_s"] for e in r["epochs"]) /
+                                                        sum(e["step_cpu_s"] for e in r["epochs"]) for r in every["kept"]]
     later = lambda r, key: statistics.median(e[key] for e in r["epochs"][1:])  # noqa: E731 (second epoch on)
+    steps_over_model = {name: [later(r, "median_step_cpu_s") / model["model_only_cpu_s"] for r in rs] for name, rs in every.items()}
     kept = runs["kept"]
     kept["agreement"] = [a for a in kept["agreement"] if a["epoch"] is not None]  # rows of time only were counted
     agree = sum(a["agree"] for a in kept["agreement"]) / max(sum(a["queries"] for a in kept["agreement"]), 1)
@@ -469,8 +480,12 @@ def bench_epochs(args, cache: Path) -> dict:
             "kept_prep_over_steps_cpu_median_from_epoch_1": later(kept, "prep_over_steps_cpu"),
             "kept_step_over_model_only_cpu": later(kept, "median_step_cpu_s") / model["model_only_cpu_s"],
             "uniform_step_over_model_only_cpu": later(runs["uniform"], "median_step_cpu_s") / model["model_only_cpu_s"],
-            "kept_train_over_uniform_cpu": kept["train_cpu_s"] / runs["uniform"]["train_cpu_s"],
-            "full_refresh_train_over_uniform_cpu": runs["full_refresh"]["train_cpu_s"] / runs["uniform"]["train_cpu_s"],
+            "repeats": args.repeats, "per_repeat": {**per_repeat, "step_over_model_only_cpu": steps_over_model},
+            "kept_train_over_uniform_cpu": statistics.median(per_repeat["kept_train_over_uniform_cpu"]),
+            "kept_prep_over_steps_whole_run_cpu": statistics.median(per_repeat["kept_prep_over_steps_whole_run_cpu"]),
+            "full_refresh_train_over_uniform_cpu": statistics.median(per_repeat["full_refresh_train_over_uniform_cpu"]),
+            "kept_step_over_model_only_cpu_median_of_repeats": statistics.median(steps_over_model["kept"]),
+            "uniform_step_over_model_only_cpu_median_of_repeats": statistics.median(steps_over_model["uniform"]),
             "uniform_step_over_model_only": later(runs["uniform"], "median_step_s") / model["model_only_s"],
             "kept_run_over_uniform": kept["run_s"] / runs["uniform"]["run_s"],
             "kept_train_over_uniform": kept["train_s"] / runs["uniform"]["train_s"],
@@ -505,9 +520,15 @@ def print_epochs(c: dict) -> None:
           f"{c['kept_step_over_model_only']:.3f}, uniform {c['uniform_step_over_model_only']:.3f}")
     print(f"    CPU seconds, from epoch 1 on (medians): kept prep/steps {c['kept_prep_over_steps_cpu_median_from_epoch_1']:.3f}; "
           f"step / model-only: kept {c['kept_step_over_model_only_cpu']:.3f}, uniform {c['uniform_step_over_model_only_cpu']:.3f}")
-    print(f"    whole run / uniform: kept {c['kept_run_over_uniform']:.3f} (prep + steps only: "
-          f"{c['kept_train_over_uniform']:.3f}; CPU {c['kept_train_over_uniform_cpu']:.3f}), full refresh "
-          f"{c['full_refresh_run_over_uniform']:.3f} (CPU, prep + steps: {c['full_refresh_train_over_uniform_cpu']:.3f})")
+    print(f"    whole run / uniform, first repeat: kept {c['kept_run_over_uniform']:.3f} (prep + steps only: "
+          f"{c['kept_train_over_uniform']:.3f}), full refresh {c['full_refresh_run_over_uniform']:.3f}")
+    rep = c.get("per_repeat", {})
+    print(f"    CPU seconds (prep + steps) / uniform's, median of {c.get('repeats', 1)} interleaved repeats: kept "
+          f"{c['kept_train_over_uniform_cpu']:.3f} {[round(x, 3) for x in rep.get('kept_train_over_uniform_cpu', [])]}, "
+          f"full refresh {c['full_refresh_train_over_uniform_cpu']:.3f} "
+          f"{[round(x, 3) for x in rep.get('full_refresh_train_over_uniform_cpu', [])]}; within the kept runs, all preparation / "
+          f"all steps {[round(x, 3) for x in rep.get('kept_prep_over_steps_whole_run_cpu', [])]}; median step / model-only (CPU) per "
+          f"repeat: " + "; ".join(f"{k} {[round(x, 3) for x in v]}" for k, v in rep.get("step_over_model_only_cpu", {}).items()))
     print(f"    kept positives = full refresh's on {100 * c['agreement']:.1f} % of queries "
           f"({100 * c['agreement_multi_candidate']:.1f} % of those with > 1 candidate; by epoch "
           f"{c['agreement_by_epoch']}); a full refresh agrees with the previous epoch's on {c['fresh_stability']} "
@@ -918,7 +939,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat, worker counts 0 and 1")
     parser.add_argument("--workers", default=None, help="data-loader worker counts to try (default 0,1,2)")
-    parser.add_argument("--repeats", type=int, default=None, help="paired runs per worker count (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="paired runs per worker count; (c) interleaved runs of each variant (default 1)")
     parser.add_argument("--warmup", type=int, default=None, help="steps left out at the start (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="steps timed after the warm-up (default 15; 8 with --quick)")
     parser.add_argument("--model-steps", type=int, default=None,
