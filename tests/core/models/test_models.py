@@ -310,3 +310,21 @@ def test_netvlad_init_needs_a_netvlad_model_and_enough_features():
         make().init_netvlad_from_features(torch.randn(10, 256))
     with pytest.raises(VgsslError, match="at least 8"):
         NetVLAD(clusters=8, dim=4).init_netvlad_from_features(torch.randn(5, 4))
+
+
+@pytest.mark.parametrize("backbone, aggregation", [("resnet18", "gem"), ("efficientnet_lite0", "netvlad")])
+def test_loaded_models_are_channels_last_and_describe_as_the_plain_layout_does(backbone, aggregation):
+    # NHWC is oneDNN's fast path on a CPU: the loaded model and embed_batch use it, with the same values
+    from vgssl_core.evaluation.descriptors import embed_batch
+    from vgssl_core.models.loading import load_descriptor_model
+
+    model, _, _ = load_descriptor_model(None, {"backbone": backbone, "weights": "random", "aggregation": aggregation,
+                                               "image_size": [48, 64]})
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    batch = torch.randn(3, 3, 48, 64)
+    nhwc = embed_batch(model, batch, torch.device("cpu"))
+    with torch.no_grad():
+        plain = model.to(memory_format=torch.contiguous_format).retrieval_descriptor(batch.contiguous()).numpy()
+    assert nhwc.shape == plain.shape
+    torch.testing.assert_close(torch.from_numpy(nhwc), torch.from_numpy(plain), rtol=1e-4, atol=1e-5)
