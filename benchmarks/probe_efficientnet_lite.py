@@ -1,7 +1,8 @@
 """EfficientNet-Lite0/1/2 vs ResNet-18 as descriptor backbones on a CPU: parameters and images/s.
 
 Why: the Lite backbones are candidates for the robot's CPU, where ResNet-18 conv4 + GeM is the
-default descriptor. Descriptor = backbone -> GeM (no head), eval mode, no grad, batch 16,
+default descriptor. Descriptor = backbone -> GeM (no head), as every consumer loads and runs it
+(``load_descriptor_model``, ``embed_batch``: eval mode, no grad, channels-last), batch 16,
 ``torch.set_num_threads(2)``; wall-clock images/s (median over timed batches after one warm-up
 batch) and, since the development machines are shared, the process CPU seconds per image too.
 
@@ -18,7 +19,8 @@ import time
 import torch
 from benchkit import machine  # benchmarks/benchkit.py, next to this script
 
-from vgssl_core.models import build_model
+from vgssl_core.evaluation.descriptors import embed_batch
+from vgssl_core.models.loading import load_descriptor_model
 from vgssl_core.models.backbones import BACKBONES
 
 CANDIDATES = [  # (label, model config)
@@ -32,14 +34,14 @@ CANDIDATES = [  # (label, model config)
 
 def throughput(model: torch.nn.Module, size: tuple[int, int], batch: int, batches: int) -> dict[str, float]:
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    cpu_device = torch.device("cpu")
     walls, cpus = [], []
-    with torch.no_grad():
-        model(x)  # warm-up
-        for _ in range(batches):
-            wall, cpu = time.perf_counter(), time.process_time()
-            model(x)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
+    embed_batch(model, x, cpu_device)  # warm-up
+    for _ in range(batches):
+        wall, cpu = time.perf_counter(), time.process_time()
+        embed_batch(model, x, cpu_device)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
     return {"images_per_s": batch / statistics.median(walls), "cpu_ms_per_image": 1000 * statistics.median(cpus) / batch}
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     for label, cfg in CANDIDATES:
         if wanted and not any(w in label for w in wanted):
             continue
-        model = build_model({**cfg, "aggregation": "gem", "weights": "random"}).eval()
+        model, _, _ = load_descriptor_model(None, {**cfg, "aggregation": "gem", "weights": "random"})
         full = sum(p.numel() for p in BACKBONES[cfg["backbone"]].network().parameters())
         row = {"model": label, "descriptor_dim": model.descriptor_dim,
                "params_descriptor": sum(p.numel() for p in model.parameters()), "params_full_imagenet_net": full}
