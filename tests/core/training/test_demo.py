@@ -90,3 +90,13 @@ def test_demo_refuses_a_dataset_without_splits_before_any_work(tmp_path, capsys)
     assert run_cli("demo", "--data", tmp_path / "nothing", "--out", tmp_path / "o") == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_block_resampling_draws_runs_of_consecutive_frames():
+    idx = resample_indices(95, resamples=50, seed=1, block=10)
+    assert idx.shape == (50, 95) and idx.min() >= 0 and idx.max() < 95
+    runs = idx[:, :90].reshape(50, 9, 10)
+    assert (np.diff(runs, axis=2) == 1).all()  # each block is 10 neighbours in a row
+    assert len({tuple(r) for r in runs[:, :, 0]}) > 1  # the blocks start at random frames
+    # block 1 is the plain bootstrap the demo's verdicts use
+    assert (resample_indices(95, resamples=50, seed=1) == resample_indices(95, resamples=50, seed=1, block=1)).all()

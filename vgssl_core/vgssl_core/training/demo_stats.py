@@ -20,11 +20,18 @@ N_RESAMPLES = 2000
 LEVEL = 0.95
 
 
-def resample_indices(n: int, *, resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
-    """(resamples, n) query indices drawn with replacement; fixed seed, so reruns print the same."""
+def resample_indices(n: int, *, resamples: int = N_RESAMPLES, seed: int = 0, block: int = 1) -> np.ndarray:
+    """(resamples, n) indices drawn with replacement; fixed seed, so reruns print the same.
+
+    ``block`` > 1 draws runs of that many consecutive indices (a moving-block bootstrap): the
+    frames of a drive are not independent draws, as neighbours see the same street."""
     if n < 1:
         raise VgsslError("no queries to bootstrap")
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    block = max(1, min(int(block), n))
+    starts = np.random.default_rng(seed).integers(0, n - block + 1, size=(resamples, -(-n // block)))
+    if block == 1:
+        return starts
+    return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
 
 
 def interval(values: np.ndarray, idx: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from vgssl_core.data.geo import EVAL_RADIUS_M
 from vgssl_core.io import torch_save, write_json, write_text
+from vgssl_core.training.demo_stats import interval, resample_indices
 
 # (name, condition, drive seed): the mapping run and two training drives, then the test drives
 DRIVES = (("map", "day,clear", 1), ("dusk", "dusk,clear", 2), ("rain", "day,rain", 3))
@@ -55,15 +56,10 @@ def bootstrap_interval(correct: np.ndarray, *, block: int = 1, n: int = BOOTSTRA
     neighbouring frames of a drive see the same street, so they are not independent draws.
     """
     c = np.asarray(correct, float)
-    rng = np.random.default_rng(seed)
     if len(c) == 0:
         return float("nan"), float("nan")
-    block = max(1, min(block, len(c)))
-    starts = rng.integers(0, len(c) - block + 1, size=(n, int(np.ceil(len(c) / block))))
-    idx = (starts[:, :, None] + np.arange(block)).reshape(n, -1)[:, :len(c)]
-    means = c[idx].mean(axis=1) * 100.0
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
+    _, lo, hi = interval(100.0 * c, resample_indices(len(c), resamples=n, seed=seed, block=block))
+    return lo, hi
 
 
 def write_untrained_checkpoint(overrides: dict[str, Any], path: Path) -> Path:
