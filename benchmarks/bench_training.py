@@ -49,7 +49,7 @@ costs with GeoPairs and with the triplet baseline's hard-negative mining.
     it, ``--world-preset``/``--data`` choose the world (``--data``: one already rendered, only read).
 
     python benchmarks/bench_training.py [--quick] [--workers 0,1,2] [--repeats 1] [--profile] [--cache DIR]
-    python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5] [--repeats 3]
+    python benchmarks/bench_training.py --only epochs [--epochs 4] [--lr 1e-5] [--repeats 3] [--compile]
     python benchmarks/bench_training.py --only epochs --preset demo-lite-simclr --data WORLD \
         --set data.queries_per_epoch=96 --out bench_results/training-demo-lite.json
 
@@ -430,9 +430,19 @@ def child_model_steps(job: dict) -> dict:
     on, on_cpu = model_only.run(1, job["model_steps"], deterministic=True)
     more, more_cpu = model_only.run(0, job["model_steps"], deterministic=False)
     off, off_cpu = off + more, off_cpu + more_cpu
-    return {"model_only_s": statistics.median(off), "model_only_deterministic_s": statistics.median(on),
-            "model_only_cpu_s": statistics.median(off_cpu), "model_only_deterministic_cpu_s": statistics.median(on_cpu),
-            "n": len(off)}
+    out = {"model_only_s": statistics.median(off), "model_only_deterministic_s": statistics.median(on),
+           "model_only_cpu_s": statistics.median(off_cpu), "model_only_deterministic_cpu_s": statistics.median(on_cpu),
+           "n": len(off)}
+    if job.get("compile"):  # trainer.compile: the backbones compiled in place, as training.run does
+        for net in (model_only.method.model, getattr(model_only.method, "momentum_model", None)):
+            if net is not None:
+                net.backbone.compile()
+        start = time.perf_counter()
+        model_only.run(1, 0)  # the first step pays the compilation
+        out["compile_s"] = time.perf_counter() - start
+        compiled, _ = model_only.run(1, job["model_steps"])
+        out["model_only_compiled_s"] = statistics.median(compiled)
+    return out
 
 
 def bench_epochs(args, cache: Path) -> dict:
@@ -441,9 +451,11 @@ def bench_epochs(args, cache: Path) -> dict:
     base = {"data": str(data), "tmp": str(cache), "epochs": args.epochs, "lr": args.lr, "model_steps": args.model_steps,
             "threads": args.threads, "preset": args.preset, "set": args.set}
     cfg = epoch_config(base, "uniform", None, args.epochs)
-    model = spawn({**base, "task": "model_steps"})
+    model = spawn({**base, "task": "model_steps", "compile": args.compile})
     print(f"  model only: {model['model_only_s']:.3f} s/step, {model['model_only_cpu_s']:.3f} CPU s "
-          f"(deterministic: {model['model_only_deterministic_s']:.3f}, {model['model_only_deterministic_cpu_s']:.3f} CPU s)"
+          f"(deterministic: {model['model_only_deterministic_s']:.3f}, {model['model_only_deterministic_cpu_s']:.3f} CPU s)" +
+          (f"; compiled backbone {model['model_only_compiled_s']:.3f} s/step after {model['compile_s']:.0f} s of compiling"
+           if "model_only_compiled_s" in model else "") +
           f"  load {load_average()[0]}", flush=True)
     variants = (("uniform", "uniform", None), ("kept", "feature-nearest", None), ("full_refresh", "feature-nearest", 0))
     every: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
@@ -955,6 +967,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("step", "preparation", "epochs"), default=None,
                         help="one part; 'epochs' (c) runs only when asked for")
     parser.add_argument("--epochs", type=int, default=4, help="(c) epochs of each whole run")
+    parser.add_argument("--compile", action="store_true",
+                        help="(c) also time the model-only step with the backbone torch.compile'd (trainer.compile)")
     parser.add_argument("--lr", type=float, default=None, help="(c) learning rate (default: the preset's)")
     parser.add_argument("--preset", default=EPOCH_PRESET,
                         help=f"(c) shipped preset of the runs (default {EPOCH_PRESET}, reduced to "
