@@ -434,9 +434,9 @@ def child_model_steps(job: dict) -> dict:
            "model_only_cpu_s": statistics.median(off_cpu), "model_only_deterministic_cpu_s": statistics.median(on_cpu),
            "n": len(off)}
     if job.get("compile"):  # trainer.compile: the backbones compiled in place, as training.run does
-        for net in (model_only.method.model, getattr(model_only.method, "momentum_model", None)):
-            if net is not None:
-                net.backbone.compile()
+        from vgssl_core.training.run import compile_backbones
+
+        compile_backbones(model_only.method)
         start = time.perf_counter()
         model_only.run(1, 0)  # the first step pays the compilation
         out["compile_s"] = time.perf_counter() - start

@@ -214,11 +214,11 @@ def _precision(name: str, gpu: bool) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _compile_backbones(module: VgsslModule) -> None:
-    """``trainer.compile``: ``torch.compile`` the backbone(s) in place (``nn.Module.compile``: the
-    state-dict keys, and so the checkpoints, stay as they are; the hooks of the descriptor
+def compile_backbones(method: torch.nn.Module) -> None:
+    """``trainer.compile``: ``torch.compile`` the method's backbone(s) in place (``nn.Module.compile``:
+    the state-dict keys, and so the checkpoints, stay as they are; the hooks of the descriptor
     network's outer modules, ``training.embedding_tap``, keep working)."""
-    for net in (module.method.model, getattr(module.method, "momentum_model", None)):
+    for net in (method.model, getattr(method, "momentum_model", None)):
         if net is not None:
             net.backbone.compile()
 
@@ -258,7 +258,7 @@ def train(cfg: dict[str, Any], data: str | Path, run_dir: str | Path, *, resume:
     # x0.66, ResNet-50 x0.92 here; README "Training speed"); the batches follow in on_after_batch_transfer
     module.method.to(memory_format=torch.channels_last)
     if trainer_cfg["compile"]:
-        _compile_backbones(module)
+        compile_backbones(module.method)
     callback = ValidateAndCheckpoint(run_dir, val_split, trainer_cfg["val_every_n_epochs"], cfg)
     steps = StepCheckpoint(run_dir, trainer_cfg["checkpoint_every_n_steps"], trainer_cfg["checkpoint_every_minutes"])
     with warnings.catch_warnings():
